@@ -1,0 +1,124 @@
+"""Reading checkpoint files and loading them strictly, with errors that name the file.
+
+Every weight file of the released models goes through ``load_state_dict_file``: ``.safetensors``
+through safetensors, ``.pt``/``.pth``/``.bin`` through ``torch.load(weights_only=True)`` (no
+arbitrary pickles). ``load_into`` loads strictly by default and, on mismatch, raises one error
+that lists the missing and unexpected keys and says which file was read.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import torch
+
+# Where users get each file; used in "missing file" errors.
+DOWNLOAD_HINTS: dict[str, str] = {
+    "Wan2.1-Fun-V1.1-1.3B-InP": "huggingface-cli download alibaba-pai/Wan2.1-Fun-V1.1-1.3B-InP --local-dir checkpoints/Wan2.1-Fun-V1.1-1.3B-InP",
+    "Wan2.1-I2V-14B-480P": "huggingface-cli download Wan-AI/Wan2.1-I2V-14B-480P --local-dir checkpoints/Wan2.1-I2V-14B-480P",
+    "wav2vec2-base-960h": "huggingface-cli download facebook/wav2vec2-base-960h --local-dir checkpoints/wav2vec2-base-960h",
+    "StableAvatar-1.3B": "huggingface-cli download FrancisRing/StableAvatar --local-dir checkpoints",
+}
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, unreadable, or does not match the module."""
+
+
+def download_hint(path: str | os.PathLike) -> str:
+    """The download command for the folder a missing file belongs to, or a generic pointer."""
+    parts = Path(path).parts
+    for folder, command in DOWNLOAD_HINTS.items():
+        if folder in parts:
+            return f"download it with: {command}"
+    return "see checkpoints/README.md for the expected files and how to download them"
+
+
+def require_file(path: str | os.PathLike, what: str = "checkpoint file") -> Path:
+    """Return ``path`` as a Path, or raise FileNotFoundError naming it and its download command."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}; {download_hint(path)}")
+    return path
+
+
+def load_state_dict_file(path: str | os.PathLike, unwrap: Iterable[str] = ("state_dict",)) -> dict[str, torch.Tensor]:
+    """Read a weight file into a flat ``{key: tensor}`` dict on the CPU.
+
+    ``.safetensors`` files are read with safetensors; anything else with
+    ``torch.load(weights_only=True, mmap=True)``. A top-level wrapper key listed in ``unwrap``
+    (the training scripts' ``{"state_dict": ...}``) is removed.
+    """
+    path = require_file(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:  # legacy (non-zip) pickles cannot be memory-mapped
+                state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated download, wrong format, pickled code objects
+        raise CheckpointError(f"could not read {path}: {exc}. The file may be truncated; {download_hint(path)}") from exc
+    for key in unwrap:
+        if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):
+            state = state[key]
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} does not hold a flat state dict of tensors")
+    return dict(state)
+
+
+def load_state_dict_files(paths: Iterable[str | os.PathLike]) -> dict[str, torch.Tensor]:
+    """Merge several weight files (sharded safetensors); a key present twice is an error."""
+    merged: dict[str, torch.Tensor] = {}
+    for path in paths:
+        part = load_state_dict_file(path)
+        twice = merged.keys() & part.keys()
+        if twice:
+            raise CheckpointError(f"{path} repeats {len(twice)} keys already read, e.g. {sorted(twice)[:3]}")
+        merged.update(part)
+    return merged
+
+
+def _listing(keys: Iterable[str], limit: int = 20) -> str:
+    keys = sorted(keys)
+    shown = ", ".join(keys[:limit])
+    return f"{shown}{f', ... ({len(keys) - limit} more)' if len(keys) > limit else ''}"
+
+
+def load_into(
+    module: torch.nn.Module,
+    state: Mapping[str, torch.Tensor],
+    source: str,
+    strict: bool = True,
+    allow_missing: Iterable[str] = (),
+    assign: bool = False,
+) -> tuple[list[str], list[str]]:
+    """Load ``state`` into ``module`` and check it.
+
+    Shapes must always match. With ``strict``, a missing key not matched by a prefix in
+    ``allow_missing``, or any unexpected key, raises CheckpointError naming ``source`` (the file
+    read) and the keys. Tensors are cast to each parameter's dtype. Returns (missing, unexpected).
+    """
+    own = module.state_dict()
+    bad_shapes = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if bad_shapes:
+        raise CheckpointError(f"{source}: {len(bad_shapes)} tensors have the wrong shape: {'; '.join(bad_shapes[:10])}")
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    allowed = tuple(allow_missing)
+    hard_missing = [k for k in missing if not k.startswith(allowed)] if allowed else missing
+    if strict and (hard_missing or unexpected):
+        msg = [f"{source} does not match {type(module).__name__}:"]
+        if hard_missing:
+            msg.append(f"{len(hard_missing)} missing keys: {_listing(hard_missing)}")
+        if unexpected:
+            msg.append(f"{len(unexpected)} unexpected keys: {_listing(unexpected)}")
+        raise CheckpointError(" ".join(msg))
+    state = {k: v.to(own[k].dtype) if own[k].is_floating_point() else v for k, v in state.items() if k in own}
+    module.load_state_dict(state, strict=False, assign=assign)
+    return missing, unexpected
