@@ -1,0 +1,369 @@
+"""WanAvatarTransformer3DModel: the Wan2.1 i2v DiT with StableAvatar's audio branch.
+
+One class for both releases; ``wan.configs.TRANSFORMER_PRESETS`` holds "1.3B"
+(Wan2.1-Fun-V1.1-1.3B-InP + adapter) and "14B" (Wan2.1-I2V-14B + adapter). Attribute names are
+the checkpoint keys of the released ``transformer3d-*.pt`` files, so they load strictly.
+
+Forward, per CFG batch row (shapes for the 1.3B at 512x512, one 81-frame window):
+    1. [x | y] (16 + 20 channels) -> Conv3d patch embedding -> tokens [B, F*h*w, D], zero-padded
+       to ``seq_len`` (the last, shorter window keeps padding tokens; nothing masks them).
+    2. timestep -> float64 sinusoid -> time MLP in float32 -> e [B, D], e0 [B, 6, D].
+    3. text [L_i, 4096] zero-padded to 512 -> text_embedding; CLIP [257, 1280] -> img_emb;
+       context = [img (257) | text (512)].
+    4. audio adapter -> per-latent-frame audio tokens [B, F, W, D].
+    5. blocks: modulated self-attention (3-axis RoPE), cross-attention to image + text + the
+       token's own frame of audio (summed before one output projection), modulated FFN.
+    6. modulated head -> unpatchify -> [B, 16, F, H, W] (flow-matching velocity).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn as nn
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+
+from wan.constants import CLIP_DIM, CLIP_TOKENS
+
+from .attention import attention
+from .audio_adapter import AudioAdapter
+from .layers import MLPProj, WanLayerNorm, WanRMSNorm, rope_angles, rope_apply, rope_cos_sin, sinusoidal_embedding_1d
+
+# ---------------------------------------------------------------------------------------------
+# Attention layers
+# ---------------------------------------------------------------------------------------------
+
+
+class WanSelfAttention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, qk_norm: bool = True, eps: float = 1e-6):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.o = nn.Linear(dim, dim)
+        self.norm_q = WanRMSNorm(dim, eps=eps) if qk_norm else nn.Identity()
+        self.norm_k = WanRMSNorm(dim, eps=eps) if qk_norm else nn.Identity()
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(x.shape[0], -1, self.num_heads, self.head_dim)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], seq_lens: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """x [B, L, D] -> [B, L, D]; q/k are RMS-normalised over the full width before the head split."""
+        x = x.to(dtype)
+        q = self._heads(self.norm_q(self.q(x)))
+        k = self._heads(self.norm_k(self.k(x)))
+        v = self._heads(self.v(x))
+        out = attention(rope_apply(q, *rope).to(dtype), rope_apply(k, *rope).to(dtype), v, q_lens=seq_lens, k_lens=seq_lens)
+        return self.o(out.to(dtype).flatten(2))
+
+
+class WanAvatarCrossAttention(WanSelfAttention):
+    """Video queries attend to text (``k/v``), CLIP image tokens (``k_img/v_img``) and audio (``k_vocal/v_vocal``)."""
+
+    def __init__(self, dim: int, num_heads: int, qk_norm: bool = True, eps: float = 1e-6):
+        super().__init__(dim, num_heads, qk_norm, eps)
+        self.k_img = nn.Linear(dim, dim)
+        self.v_img = nn.Linear(dim, dim)
+        self.norm_k_img = WanRMSNorm(dim, eps=eps) if qk_norm else nn.Identity()
+        # StableAvatar's audio keys/values: zero-initialised, no norm on the keys.
+        self.k_vocal = nn.Linear(dim, dim)
+        self.v_vocal = nn.Linear(dim, dim)
+        for layer in (self.k_vocal, self.v_vocal):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor,
+        context_lens: torch.Tensor | None,
+        vocal_context: torch.Tensor,
+        vocal_context_lens: torch.Tensor | None,
+        frames: int,
+        dtype: torch.dtype,
+    ) -> torch.Tensor:
+        """
+        x: [B, L, D] normed video tokens, L = frames * tokens_per_frame.
+        context: [B, 257 + 512, D] image then text tokens.
+        vocal_context: [B, frames, W, D] per-frame audio tokens, or [B, frames*W, D] (clip-level).
+        """
+        b = x.shape[0]
+        img, text = context[:, :CLIP_TOKENS].to(dtype), context[:, CLIP_TOKENS:].to(dtype)
+        q = self._heads(self.norm_q(self.q(x.to(dtype)))).to(dtype)
+        # 1. Image branch (never masked).
+        out_img = attention(q, self._heads(self.norm_k_img(self.k_img(img))).to(dtype), self._heads(self.v_img(img)).to(dtype))
+        # 2. Text branch.
+        out_txt = attention(q, self._heads(self.norm_k(self.k(text))).to(dtype), self._heads(self.v(text)).to(dtype), k_lens=context_lens)
+        # 3. Audio branch: frame f's queries see frame f's audio window only.
+        k_voc, v_voc = self.k_vocal(vocal_context), self.v_vocal(vocal_context)
+        if vocal_context.dim() == 4:
+            per_frame = (b * frames, -1, self.num_heads, self.head_dim)
+            out_voc = attention(q.reshape(per_frame), k_voc.reshape(per_frame).to(dtype), v_voc.reshape(per_frame).to(dtype), k_lens=vocal_context_lens)
+            out_voc = out_voc.reshape(b, -1, self.num_heads, self.head_dim)
+        else:
+            out_voc = attention(q, self._heads(k_voc).to(dtype), self._heads(v_voc).to(dtype))
+        return self.o(out_txt.to(dtype).flatten(2) + out_img.to(dtype).flatten(2) + out_voc.flatten(2))
+
+
+class WanAttentionBlock(nn.Module):
+    def __init__(self, dim: int, ffn_dim: int, num_heads: int, qk_norm: bool, cross_attn_norm: bool, eps: float):
+        super().__init__()
+        self.norm1 = WanLayerNorm(dim, eps)
+        self.self_attn = WanSelfAttention(dim, num_heads, qk_norm, eps)
+        self.norm3 = WanLayerNorm(dim, eps, elementwise_affine=True) if cross_attn_norm else nn.Identity()
+        self.cross_attn = WanAvatarCrossAttention(dim, num_heads, qk_norm, eps)
+        self.norm2 = WanLayerNorm(dim, eps)
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(ffn_dim, dim))
+        self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        e0: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        seq_lens: torch.Tensor,
+        context: torch.Tensor,
+        context_lens: torch.Tensor | None,
+        vocal_context: torch.Tensor,
+        vocal_context_lens: torch.Tensor | None,
+        frames: int,
+        dtype: torch.dtype,
+    ) -> torch.Tensor:
+        """x [B, L, D]; e0 [B, 6, D] -> [B, L, D]."""
+        shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation + e0).chunk(6, dim=1)
+        # 1. Modulated self-attention.
+        x = x + self.self_attn((self.norm1(x) * (1 + scale1) + shift1).to(dtype), rope, seq_lens, dtype) * gate1
+        # 2. Cross-attention to image, text and audio (no modulation, no gate).
+        x = x + self.cross_attn(self.norm3(x), context, context_lens, vocal_context, vocal_context_lens, frames, dtype)
+        # 3. Modulated FFN.
+        return x + self.ffn((self.norm2(x) * (1 + scale2) + shift2).to(dtype)) * gate2
+
+
+class Head(nn.Module):
+    def __init__(self, dim: int, out_dim: int, patch_size: tuple[int, int, int], eps: float = 1e-6):
+        super().__init__()
+        self.norm = WanLayerNorm(dim, eps)
+        self.head = nn.Linear(dim, math.prod(patch_size) * out_dim)
+        self.modulation = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
+
+    def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        shift, scale = (self.modulation + e.unsqueeze(1)).chunk(2, dim=1)
+        return self.head(self.norm(x) * (1 + scale) + shift)
+
+
+# ---------------------------------------------------------------------------------------------
+# The model
+# ---------------------------------------------------------------------------------------------
+
+
+class WanAvatarTransformer3DModel(ModelMixin, ConfigMixin):
+    r"""Wan2.1 image-to-video DiT with StableAvatar's time-step-aware audio adapter.
+
+    Args:
+        model_type: only ``"i2v"`` (StableAvatar's releases are image-to-video).
+        patch_size: (t, h, w) patch of the Conv3d embedding, (1, 2, 2).
+        text_len: text tokens after zero padding (512).
+        in_dim: input channels, 16 noisy latents + 4 mask + 16 reference latents = 36.
+        dim, ffn_dim, num_heads, num_layers: transformer width, FFN width, heads, blocks.
+        freq_dim: timestep sinusoid width (256). text_dim: umT5 width (4096). out_dim: 16.
+        window_size: kept for config compatibility; only global attention (-1, -1) exists.
+        qk_norm, cross_attn_norm, eps: as in Wan2.1.
+        audio_in_dim: wav2vec2 width (768). audio_proj_dim: adapter width (must equal ``dim``:
+            the adapter adds the DiT's e0 to its own tokens). audio_proj_hidden_dim: ``None`` for the
+            1.3B one-stage projection, 2048 for the 14B two-stage one.
+        audio_adapter_layers, audio_adapter_heads: adapter depth (2) and heads (8).
+        audio_cfg_last_row: 1.3B behaviour for a CFG batch (B > 1): run the adapter on the LAST row
+            only and give the rows audio tokens ``[0, v, v]`` (B must be 3). The 14B runs every row.
+    """
+
+    _supports_gradient_checkpointing = True
+    _no_split_modules = ["WanAttentionBlock"]
+    _skip_layerwise_casting_patterns = ["patch_embedding", "norm", "modulation"]
+
+    @register_to_config
+    def __init__(
+        self,
+        model_type: str = "i2v",
+        patch_size: tuple[int, int, int] = (1, 2, 2),
+        text_len: int = 512,
+        in_dim: int = 36,
+        dim: int = 1536,
+        ffn_dim: int = 8960,
+        freq_dim: int = 256,
+        text_dim: int = 4096,
+        out_dim: int = 16,
+        num_heads: int = 12,
+        num_layers: int = 30,
+        window_size: tuple[int, int] = (-1, -1),
+        qk_norm: bool = True,
+        cross_attn_norm: bool = True,
+        eps: float = 1e-6,
+        audio_in_dim: int = 768,
+        audio_proj_dim: int = 1536,
+        audio_proj_hidden_dim: int | None = None,
+        audio_adapter_layers: int = 2,
+        audio_adapter_heads: int = 8,
+        audio_cfg_last_row: bool = True,
+    ):
+        super().__init__()
+        if model_type != "i2v":
+            raise ValueError(f"model_type {model_type!r}: StableAvatar needs the image-to-video ('i2v') Wan model")
+        if tuple(window_size) != (-1, -1):
+            raise ValueError(f"window_size {window_size}: only global attention (-1, -1) is implemented")
+        if dim % num_heads or (dim // num_heads) % 2:
+            raise ValueError(f"dim {dim} must split into {num_heads} heads of even size")
+        if audio_proj_dim != dim:
+            raise ValueError(f"audio_proj_dim ({audio_proj_dim}) must equal dim ({dim}): the adapter is modulated by the DiT's e0")
+        self.patch_size = tuple(patch_size)
+        self.dim, self.out_dim, self.freq_dim, self.text_len = dim, out_dim, freq_dim, text_len
+
+        # Embeddings
+        self.patch_embedding = nn.Conv3d(in_dim, dim, kernel_size=self.patch_size, stride=self.patch_size)
+        self.text_embedding = nn.Sequential(nn.Linear(text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim))
+        self.time_embedding = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, dim * 6))
+
+        self.blocks = nn.ModuleList([WanAttentionBlock(dim, ffn_dim, num_heads, qk_norm, cross_attn_norm, eps) for _ in range(num_layers)])
+        self.head = Head(dim, out_dim, self.patch_size, eps)
+        self.img_emb = MLPProj(CLIP_DIM, dim)
+        self.vocal_projector = AudioAdapter(audio_in_dim, audio_proj_dim, dim, audio_proj_hidden_dim, audio_adapter_layers, audio_adapter_heads)
+
+        # RoPE angles: plain attribute, not a buffer (no state_dict key, never cast to bf16).
+        self.rope_angles = rope_angles(dim // num_heads)
+        self.gradient_checkpointing = False
+
+    # -- pieces of forward -------------------------------------------------------------------
+
+    def time_embeddings(self, t: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B] timesteps -> e [B, D], e0 [B, 6, D], computed in float32 then cast to ``dtype``."""
+        sinusoid = sinusoidal_embedding_1d(self.freq_dim, t).float()
+        # fp32 island: the original runs these MLPs under autocast(float32) with the (possibly
+        # bf16) weights upcast.
+        with torch.autocast(device_type=sinusoid.device.type, enabled=False):
+            e = _fp32_sequential(self.time_embedding, sinusoid)
+            e0 = _fp32_sequential(self.time_projection, e).unflatten(1, (6, self.dim))
+        return e.to(dtype), e0.to(dtype)
+
+    def embed_context(self, context: list[torch.Tensor], clip_fea: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Text list of [L_i, 4096] + CLIP [B, 257, 1280] -> ([B, 257 + 512, D], text lengths [B])."""
+        for i, u in enumerate(context):
+            if u.shape[0] > self.text_len:
+                raise ValueError(f"text context {i} has {u.shape[0]} tokens, more than text_len={self.text_len}")
+        padded = torch.stack([torch.cat([u, u.new_zeros(self.text_len - u.shape[0], u.shape[1])]) for u in context])
+        lens = torch.tensor([u.shape[0] for u in context], dtype=torch.long)
+        return torch.cat([self.img_emb(clip_fea), self.text_embedding(padded)], dim=1), lens
+
+    def audio_context(
+        self, vocal_embeddings: torch.Tensor, tokens: torch.Tensor, e0: torch.Tensor, e: torch.Tensor, video_sample_n_frames: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-frame audio tokens [B, F, W, D] for every row, and their valid lengths [B * F]."""
+        b = tokens.shape[0]
+        if self.config.audio_cfg_last_row and vocal_embeddings.shape[0] > 1:
+            # 1.3B CFG batch: the adapter sees only the last row; row 0 (no audio) gets exact zeros.
+            if b != 3:
+                raise ValueError(f"the 1.3B model's CFG audio batch has 3 rows [no audio, audio, audio]; got batch {b}")
+            v, lens = self.vocal_projector(vocal_embeddings[-1:], tokens[-1:], e0[-1:], e[-1:], video_sample_n_frames)
+            return torch.cat([torch.zeros_like(v), v, v]), lens.repeat(3)
+        v, lens = self.vocal_projector(vocal_embeddings, tokens, e0, e, video_sample_n_frames)
+        return v, lens.repeat(b)
+
+    def run_blocks(self, x: torch.Tensor, **block_kwargs) -> torch.Tensor:
+        """The block loop; TeaCache and other wrappers replace this one call."""
+        for block in self.blocks:
+            if torch.is_grad_enabled() and self.gradient_checkpointing:
+                x = self._gradient_checkpointing_func(functools.partial(block, **block_kwargs), x)
+            else:
+                x = block(x, **block_kwargs)
+        return x
+
+    def unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        """[B, L, prod(patch)*C] (padding tokens past f*h*w dropped) -> [B, C, F*pt, h*ph, w*pw]."""
+        f, h, w = grid
+        pt, ph, pw = self.patch_size
+        b = x.shape[0]
+        x = x[:, : f * h * w].reshape(b, f, h, w, pt, ph, pw, self.out_dim)
+        x = torch.einsum("bfhwpqrc->bcfphqwr", x)
+        return x.reshape(b, self.out_dim, f * pt, h * ph, w * pw)
+
+    # -- forward -----------------------------------------------------------------------------
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        context: list[torch.Tensor],
+        seq_len: int,
+        clip_fea: torch.Tensor,
+        y: torch.Tensor,
+        vocal_embeddings: torch.Tensor,
+        is_clip_level_modeling: bool = False,
+        video_sample_n_frames: int = 81,
+        cond_flag: bool = True,
+    ) -> torch.Tensor:
+        """
+        x: [B, 16, F, H, W] noisy latents.  t: [B] timesteps on the 0..1000 scale.
+        context: B text embeddings [L_i, 4096], trimmed to their real token counts.
+        seq_len: token count to pad to (that of the nominal window: ((n-1)//4+1) * H/2 * W/2).
+        clip_fea: [B, 257, 1280].  y: [B, 20, F, H, W] = 4 mask channels + 16 reference latents.
+        vocal_embeddings: [B, N, 768] wav2vec2 features of the window's audio.
+        is_clip_level_modeling: training-only; every token sees all audio tokens of the clip.
+        video_sample_n_frames: pixel frames of the nominal window (81); the audio adapter makes
+            (n-1)//4+1 per-frame windows and the DiT cuts its tokens into that many groups.
+        cond_flag: accepted for signature compatibility (the original's TeaCache uses it).
+        Returns [B, 16, F, H, W].
+        """
+        dtype = x.dtype
+        frames = (video_sample_n_frames - 1) // 4 + 1
+
+        # 1. Patch embedding, frame-major token order, zero padding to seq_len.
+        x = self.patch_embedding(torch.cat([x, y.to(x.dtype)], dim=1))
+        grid = tuple(x.shape[2:])
+        x = x.flatten(2).transpose(1, 2)
+        if x.shape[1] > seq_len:
+            raise ValueError(f"{x.shape[1]} video tokens do not fit seq_len={seq_len}")
+        x = torch.cat([x, x.new_zeros(x.shape[0], seq_len - x.shape[1], x.shape[2])], dim=1)
+        if seq_len % frames:
+            raise ValueError(f"seq_len {seq_len} is not divisible by the {frames} latent frames of a {video_sample_n_frames}-frame window")
+        seq_lens = torch.full((x.shape[0],), math.prod(grid), dtype=torch.long)
+
+        # 2. Timestep embeddings (fp32 island).
+        e, e0 = self.time_embeddings(t, dtype)
+
+        # 3. Image + text context; 4. audio tokens per latent frame.
+        ctx, context_lens = self.embed_context(context, clip_fea)
+        vocal_context, vocal_lens = self.audio_context(vocal_embeddings, x, e0, e, video_sample_n_frames)
+        if is_clip_level_modeling:
+            vocal_context = vocal_context.flatten(1, 2)
+
+        # 5. Blocks.
+        rope = rope_cos_sin(self.rope_angles, grid, device=x.device)
+        x = self.run_blocks(
+            x,
+            e0=e0,
+            rope=rope,
+            seq_lens=seq_lens,
+            context=ctx,
+            context_lens=context_lens,
+            vocal_context=vocal_context,
+            vocal_context_lens=vocal_lens,
+            frames=frames,
+            dtype=dtype,
+        )
+
+        # 6. Head and unpatchify.
+        return self.unpatchify(self.head(x, e), grid)
+
+
+def _fp32_sequential(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """Run a Linear/activation Sequential in float32 whatever the weights' dtype."""
+    for layer in seq:
+        if isinstance(layer, nn.Linear):
+            x = nn.functional.linear(x, layer.weight.float(), layer.bias.float() if layer.bias is not None else None)
+        else:
+            x = layer(x)
+    return x
