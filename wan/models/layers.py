@@ -35,7 +35,9 @@ class WanLayerNorm(nn.LayerNorm):
         super().__init__(dim, elementwise_affine=elementwise_affine, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).type_as(x)
+        weight = self.weight.float() if self.weight is not None else None
+        bias = self.bias.float() if self.bias is not None else None
+        return nn.functional.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).type_as(x)
 
 
 def sinusoidal_embedding_1d(dim: int, position: torch.Tensor) -> torch.Tensor:
@@ -55,10 +57,10 @@ def rope_angles(head_dim: int, max_positions: int = ROPE_MAX_POSITIONS, theta: f
     """
     assert head_dim % 2 == 0
     split = [head_dim - 4 * (head_dim // 6), 2 * (head_dim // 6), 2 * (head_dim // 6)]
-    pos = torch.arange(max_positions, dtype=torch.float64)
+    pos = torch.arange(max_positions, dtype=torch.float64, device="cpu")  # CPU even under a meta-device context
     tables = []
     for channels in split:
-        inv_freq = 1.0 / torch.pow(theta, torch.arange(0, channels, 2, dtype=torch.float64).div(channels))
+        inv_freq = 1.0 / torch.pow(theta, torch.arange(0, channels, 2, dtype=torch.float64, device="cpu").div(channels))
         tables.append(torch.outer(pos, inv_freq))
     return tables
 

@@ -19,18 +19,27 @@ Forward, per CFG batch row (shapes for the 1.3B at 512x512, one 81-frame window)
 from __future__ import annotations
 
 import functools
+import json
 import math
+import os
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
+from diffusers.utils import logging
+
+from wan.configs import transformer_config
 from wan.constants import CLIP_DIM, CLIP_TOKENS
 
 from .attention import attention
 from .audio_adapter import AudioAdapter
+from .loading import CheckpointError, download_hint, load_into, load_state_dict_file, load_state_dict_files, require_file
 from .layers import MLPProj, WanLayerNorm, WanRMSNorm, rope_angles, rope_apply, rope_cos_sin, sinusoidal_embedding_1d
+
+logger = logging.get_logger(__name__)
 
 # ---------------------------------------------------------------------------------------------
 # Attention layers
@@ -367,3 +376,91 @@ def _fp32_sequential(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
         else:
             x = layer(x)
     return x
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading the released weights
+# ---------------------------------------------------------------------------------------------
+
+# config.json fields of the Wan(-Fun) base that map onto our config; the rest (patch size, qk/cross
+# norms, window) is forced as the original's from_pretrained does.
+_BASE_CONFIG_FIELDS = ("dim", "eps", "ffn_dim", "freq_dim", "in_dim", "num_heads", "num_layers", "out_dim", "text_len", "text_dim")
+AUDIO_KEY_PREFIXES = ("vocal_projector.",)
+AUDIO_KEY_INFIXES = (".cross_attn.k_vocal.", ".cross_attn.v_vocal.")
+
+
+def _is_audio_key(key: str) -> bool:
+    return key.startswith(AUDIO_KEY_PREFIXES) or any(s in key for s in AUDIO_KEY_INFIXES)
+
+
+def base_weight_files(base_dir: str | os.PathLike) -> list[Path]:
+    """The Wan base DiT weight files of ``base_dir``, in the original's order of preference."""
+    base_dir = Path(base_dir)
+    for name in ("diffusion_pytorch_model.bin", "diffusion_pytorch_model.safetensors"):
+        if (base_dir / name).is_file():
+            return [base_dir / name]
+    shards = sorted(base_dir.glob("*.safetensors"))
+    if not shards:
+        raise FileNotFoundError(f"no diffusion_pytorch_model.safetensors (or shards) in {base_dir}; {download_hint(base_dir)}")
+    return shards
+
+
+def transformer_config_from_base(base_dir: str | os.PathLike) -> dict:
+    """Our constructor kwargs for the Wan base folder's config.json (preset picked by width)."""
+    config_file = require_file(Path(base_dir) / "config.json", "Wan base config")
+    raw = json.loads(config_file.read_text())
+    preset = {1536: "1.3B", 5120: "14B"}.get(raw.get("dim"))
+    if preset is None:
+        raise CheckpointError(f"{config_file}: dim={raw.get('dim')} is neither the 1.3B (1536) nor the 14B (5120) Wan model")
+    if raw.get("model_type", "i2v") != "i2v":
+        raise CheckpointError(f"{config_file}: model_type {raw.get('model_type')!r}; StableAvatar needs an i2v (InP) base model")
+    return transformer_config(preset, **{k: raw[k] for k in _BASE_CONFIG_FIELDS if k in raw})
+
+
+def load_transformer(
+    base_dir: str | os.PathLike,
+    transformer_path: str | os.PathLike | None = None,
+    dtype: torch.dtype = torch.bfloat16,
+    device: torch.device | str = "cpu",
+    strict: bool = True,
+) -> WanAvatarTransformer3DModel:
+    """The DiT as ``inference.py`` builds it: Wan base weights, then StableAvatar's ``.pt`` on top.
+
+    base_dir: the Wan2.1-Fun(-V1.1)-1.3B-InP (or Wan2.1-I2V-14B) folder with config.json and
+        diffusion_pytorch_model.safetensors (or shards).
+    transformer_path: ``transformer3d-square.pt`` / ``transformer3d-rec-vec.pt`` (plain or wrapped in
+        ``{"state_dict": ...}``) or a ``.safetensors`` file. Without it the audio modules keep the
+        original's initialisation (zero k_vocal/v_vocal), with one warning.
+    With ``strict`` every model key must come from one of the files and no file may carry an
+    unknown key; errors list the keys and name the file.
+    """
+    config = transformer_config_from_base(base_dir)
+    base_files = base_weight_files(base_dir)
+    state = load_state_dict_files(base_files)
+    source = ", ".join(str(f) for f in base_files)
+    if transformer_path is not None:
+        extra = load_state_dict_file(transformer_path)
+        model = nn.Module.to(_meta_model(config), dtype=dtype)
+        unknown = sorted(set(extra) - set(model.state_dict()))
+        if strict and unknown:
+            raise CheckpointError(f"{transformer_path}: {len(unknown)} keys are not StableAvatar DiT keys: {unknown[:10]}")
+        state.update(extra)
+        load_into(model, state, f"{source} + {transformer_path}", strict=strict, assign=True)
+        still_empty = [name for name, p in model.named_parameters() if p.is_meta]
+        if still_empty:
+            raise CheckpointError(f"{source} + {transformer_path} leave {len(still_empty)} parameters unset: {still_empty[:10]}")
+    else:
+        logger.warning(
+            "No --transformer_path: loading the Wan base DiT alone; the audio adapter and k_vocal/v_vocal keep their "
+            "initial values (zero audio attention). Pass StableAvatar-1.3B/transformer3d-square.pt for talking videos."
+        )
+        model = nn.Module.to(WanAvatarTransformer3DModel(**config), dtype=dtype)
+        audio_keys = tuple(k for k in model.state_dict() if _is_audio_key(k))
+        load_into(model, state, source, strict=strict, allow_missing=audio_keys)
+    # nn.Module.to: diffusers' ModelMixin.to warns about fp32 modules even when the list is empty.
+    return nn.Module.to(model, device=device, dtype=dtype).eval()
+
+
+def _meta_model(config: dict) -> WanAvatarTransformer3DModel:
+    with torch.device("meta"):
+        return WanAvatarTransformer3DModel(**config)
