@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import CASES
+from tests.conftest import CASES
 from safetensors.torch import load_file
 
 from wan.pipelines import sliding_window as sw
