@@ -190,13 +190,18 @@ def load_clip_image_encoder(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     preset: str = "xlm-roberta-large-vit-huge-14",
+    **overrides,
 ) -> CLIPVisionEncoder:
     """Build the visual tower without allocating it and load it strictly from ``path``.
 
-    The original keeps CLIP in float32 at inference (its input may be bf16).
+    The original keeps CLIP in float32 at inference (its input may be bf16). ``overrides`` change
+    preset fields (tests use tiny towers).
     """
+    if preset not in CLIP_PRESETS:
+        raise ValueError(f"unknown CLIP preset {preset!r}; choose from {sorted(CLIP_PRESETS)}")
     state = clip_visual_state(load_state_dict_file(path), source=str(path))
     with torch.device("meta"):
-        model = CLIPVisionEncoder(**CLIP_PRESETS[preset])
+        model = CLIPVisionEncoder(**{**CLIP_PRESETS[preset], **overrides})
     load_into(model, state, source=str(path), assign=True)
-    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    nn.Module.to(model, device=device, dtype=dtype)  # (diffusers' ModelMixin.to warns on every dtype cast)
+    return model.eval().requires_grad_(False)

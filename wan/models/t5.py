@@ -245,9 +245,10 @@ def load_t5_encoder(
         raise ValueError(f"unknown T5 preset {preset!r}; choose from {sorted(T5_PRESETS)}")
     state = load_state_dict_file(path)
     with torch.device("meta"):
-        model = WanT5Encoder(**{**T5_PRESETS[preset], **overrides}).to(dtype)
+        model = WanT5Encoder(**{**T5_PRESETS[preset], **overrides})
+    nn.Module.to(model, dtype)  # (diffusers' ModelMixin.to warns on every dtype cast)
     load_into(model, state, source=str(path), assign=True)
-    return model.to(device).eval().requires_grad_(False)
+    return nn.Module.to(model, device).eval().requires_grad_(False)
 
 
 def load_tokenizer(path: str | os.PathLike):
