@@ -23,8 +23,10 @@ from wan.models.loading import CheckpointError, download_hint
 
 # Peak amplitude below which audio counts as silent (-80 dBFS, about 3 LSBs of 16-bit PCM).
 SILENCE_PEAK = 1e-4
-# Files that make a wav2vec2 folder usable (weights: either of WAV2VEC_WEIGHTS).
-WAV2VEC_FILES = ("config.json", "preprocessor_config.json")
+# Files that make a wav2vec2 folder usable: the model config, one processor config (transformers 5's
+# save_pretrained writes processor_config.json, the hub folder has preprocessor_config.json), weights.
+WAV2VEC_CONFIG = "config.json"
+WAV2VEC_PROCESSOR_CONFIGS = ("preprocessor_config.json", "processor_config.json")
 WAV2VEC_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 
 
@@ -67,9 +69,10 @@ def wav2vec_num_tokens(num_samples: int, kernels=(10, 3, 3, 3, 3, 2, 2), strides
 def _check_wav2vec_dir(path: Path) -> None:
     if not path.is_dir():
         raise FileNotFoundError(f"wav2vec2 folder not found: {path}; {download_hint(path)}")
-    missing = [name for name in WAV2VEC_FILES if not (path / name).is_file()]
-    if not any((path / name).is_file() for name in WAV2VEC_WEIGHTS):
-        missing.append(" or ".join(WAV2VEC_WEIGHTS))
+    missing = [] if (path / WAV2VEC_CONFIG).is_file() else [WAV2VEC_CONFIG]
+    for alternatives in (WAV2VEC_PROCESSOR_CONFIGS, WAV2VEC_WEIGHTS):
+        if not any((path / name).is_file() for name in alternatives):
+            missing.append(" or ".join(alternatives))
     if missing:
         raise CheckpointError(f"wav2vec2 folder {path} lacks {', '.join(missing)}; {download_hint(path)}")
 
