@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# 14B LoRA, rec + square + vec, DeepSpeed ZeRO-2 on 8 nodes x 8 GPUs.
+# Same flags as the original launcher; paths default to this repository's layout and can be
+# overridden from the environment (MODEL_NAME, WAV2VEC, DATA, VALIDATION, OUTPUT_DIR, NODE_RANK, MASTER_ADDR, MASTER_PORT).
+set -euo pipefail
+export TOKENIZERS_PARALLELISM=false
+MODEL_NAME="${MODEL_NAME:-checkpoints/Wan2.1-I2V-14B-480P}"
+WAV2VEC="${WAV2VEC:-checkpoints/wav2vec2-base-960h}"
+DATA="${DATA:-talking_face_data}"
+VALIDATION="${VALIDATION:-validation}"
+OUTPUT_DIR="${OUTPUT_DIR:-output_14B_lora_dir_64}"
+
+accelerate launch --config_file accelerate_config/accelerate_config_machine_14B_multiple.yaml \
+  --machine_rank "${NODE_RANK}" --main_process_ip "${MASTER_ADDR}" --main_process_port "${MASTER_PORT}" train_14B.py \
+  --config_path="deepspeed_config/wan2.1/wan_civitai.yaml" \
+  --pretrained_model_name_or_path="$MODEL_NAME" \
+  --pretrained_wav2vec_path="$WAV2VEC" \
+  --validation_reference_path="$VALIDATION/reference.png" \
+  --validation_driven_audio_path="$VALIDATION/audio.wav" \
+  --train_data_rec_dir="$DATA/video_rec_path.txt" \
+  --train_data_square_dir="$DATA/video_square_path.txt" \
+  --train_data_vec_dir="$DATA/video_vec_path.txt" \
+  --lora \
+  --rank=128 \
+  --network_alpha=64 \
+  --video_sample_n_frames=81 \
+  --train_batch_size=1 \
+  --video_repeat=1 \
+  --gradient_accumulation_steps=1 \
+  --dataloader_num_workers=4 \
+  --num_train_epochs=100 \
+  --checkpointing_steps=500 \
+  --validation_steps=500 \
+  --learning_rate=1e-04 \
+  --seed=42 \
+  --output_dir="$OUTPUT_DIR" \
+  --gradient_checkpointing \
+  --mixed_precision="bf16" \
+  --adam_weight_decay=3e-2 \
+  --adam_epsilon=1e-10 \
+  --vae_mini_batch=1 \
+  --max_grad_norm=0.05 \
+  --uniform_sampling \
+  --motion_sub_loss \
+  --use_deepspeed \
+  --low_vram \
+  --train_mode="i2v"
