@@ -1,0 +1,359 @@
+"""``inference.py``: reference image + driving audio -> talking-avatar mp4 with the audio muxed in.
+
+Single GPU (what ``inference.sh`` runs)::
+
+    python inference.py --config_path=deepspeed_config/wan2.1/wan_civitai.yaml \\
+        --pretrained_model_name_or_path=checkpoints/Wan2.1-Fun-V1.1-1.3B-InP \\
+        --transformer_path=checkpoints/StableAvatar-1.3B/transformer3d-square.pt \\
+        --pretrained_wav2vec_path=checkpoints/wav2vec2-base-960h \\
+        --validation_reference_path=examples/case-1/reference.png \\
+        --validation_driven_audio_path=examples/case-1/audio.wav \\
+        --output_dir=output_infer --validation_prompts="A woman is speaking ..." \\
+        --sample_steps=50 --overlap_window_length=5 --sample_text_guide_scale=3.0 --sample_audio_guide_scale=5.0
+
+Several GPUs (sequence parallel): ``torchrun --nproc_per_node=4 inference.py ... --ulysses_degree=2 --ring_degree=2``.
+
+Every flag of the original ``inference.py`` keeps its name and type. Differences: ``--seed`` and
+``--sample_steps`` have defaults (42, 50) instead of crashing when omitted; flags the original
+parsed but never used are accepted with a warning; inputs are checked before any model loads;
+the result is ``<output_dir>/video_with_audio.mp4`` (audio muxed, no manual ffmpeg step), and
+``--save_intermediate`` also writes the original's ``video_without_audio.mp4`` plus ``cropped_audio.wav``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import av
+
+from wan.pipelines.sliding_window import BLEND_SCHEMES, frames_per_window, validate_overlap
+
+logger = logging.getLogger("wan.inference")
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_CONFIG = REPO_ROOT / "deepspeed_config" / "wan2.1" / "wan_civitai.yaml"
+OUTPUT_NAME = "video_with_audio.mp4"
+MEMORY_MODES = ("model_full_load", "sequential_cpu_offload", "model_cpu_offload_and_qfloat8", "model_cpu_offload")
+ATTENTION_BACKENDS = ("sdpa_unmasked", "sdpa", "flash2", "flash3")
+RESOLUTION_MULTIPLE = 16  # VAE stride 8 x DiT patch 2
+CHECKPOINT_HELP = "see checkpoints/README.md for what to download and where to put it"
+
+# Flags the original parses and never reads: accepted, warned about when given.
+DEAD_FLAGS: dict[str, str] = {
+    "input_perturbation": "a training option; inference never used it",
+    "revision": "the models are read from local folders",
+    "variant": "the models are read from local folders",
+    "offload_model": "use --GPU_memory_mode instead",
+    "t5_fsdp": "the original never sharded T5",
+    "t5_cpu": "the original never moved T5 to the CPU; use --GPU_memory_mode",
+    "motion_frame": "the long-video pipeline never read it",
+    "sample_shift": "the shift comes from scheduler_kwargs.shift in --config_path (5.0)",
+}
+
+
+class InferenceArgumentError(ValueError):
+    """An inference flag or input file is wrong; the message says which and how to fix it."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="inference.py",
+        description="StableAvatar: animate a reference image with a driving audio track (any length, sliding windows).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    g = p.add_argument_group("models")
+    g.add_argument("--pretrained_model_name_or_path", type=str, required=True,
+                   help=f"Wan2.1-Fun-V1.1-1.3B-InP folder (T5, VAE, CLIP, base DiT); {CHECKPOINT_HELP}")
+    g.add_argument("--transformer_path", type=str, default=None,
+                   help="StableAvatar DiT weights (.pt/.safetensors) loaded over the base DiT, e.g. "
+                        "checkpoints/StableAvatar-1.3B/transformer3d-square.pt; without it the audio modules are untrained")
+    g.add_argument("--pretrained_wav2vec_path", type=str, default=None, help="wav2vec2-base-960h folder (audio features)")
+    g.add_argument("--config_path", type=str, default=None,
+                   help=f"model/scheduler yaml; default: {DEFAULT_CONFIG.relative_to(REPO_ROOT)}")
+
+    g = p.add_argument_group("inputs and output")
+    g.add_argument("--validation_reference_path", type=str, default=None,
+                   help="reference image (png/jpg; alpha is dropped); resized to --width x --height without keeping the aspect ratio")
+    g.add_argument("--validation_driven_audio_path", type=str, default=None,
+                   help="driving audio (wav/mp3/...); its length sets the video length (25 fps)")
+    g.add_argument("--validation_prompts", type=str, nargs="+", default="The protagonist is singing",
+                   help="text prompt describing the person and scene (quote it: several words are joined into one prompt)")
+    g.add_argument("--output_dir", type=str, default=None, help=f"output folder; the result is <output_dir>/{OUTPUT_NAME}")
+    g.add_argument("--save_intermediate", action="store_true",
+                   help="also write the original's video_without_audio.mp4 and cropped_audio.wav (audio cut to the video)")
+
+    g = p.add_argument_group("sampling")
+    g.add_argument("--width", type=int, default=512, help="video width in pixels, a multiple of 16")
+    g.add_argument("--height", type=int, default=512, help="video height in pixels, a multiple of 16")
+    g.add_argument("--seed", type=int, default=42, help="seed of the initial noise (the original had no default)")
+    g.add_argument("--sample_steps", type=int, default=50, help="denoising steps (the original had no default)")
+    g.add_argument("--sample_text_guide_scale", type=float, default=5.0, help="text guidance scale (3-6 recommended)")
+    g.add_argument("--sample_audio_guide_scale", type=float, default=4.0, help="audio guidance scale (3-6 recommended)")
+    g.add_argument("--clip_sample_n_frames", type=int, default=81,
+                   help="video frames per sliding window, 4k+1 (81 -> 21 latent frames per window)")
+    g.add_argument("--overlap_window_length", type=int, default=10,
+                   help="latent frames shared by consecutive windows, 0 <= overlap < frames per window (5-10 typical)")
+    g.add_argument("--overlapping_weight_scheme", type=str, default="uniform", choices=BLEND_SCHEMES,
+                   help="blend of the shared frames: linear ramp (uniform) or log ramp (log)")
+
+    g = p.add_argument_group("speed and memory")
+    g.add_argument("--GPU_memory_mode", type=str, default="model_full_load", choices=MEMORY_MODES,
+                   help="model_full_load: everything on the GPU; model_cpu_offload: one model at a time; "
+                        "model_cpu_offload_and_qfloat8: + fp8 DiT weights; sequential_cpu_offload: lowest memory, slowest")
+    g.add_argument("--attention_backend", type=str, default="sdpa_unmasked", choices=ATTENTION_BACKENDS,
+                   help="sdpa_unmasked reproduces the released model exactly (padding attended); sdpa/flash2/flash3 "
+                        "mask padding and are faster but not bit-identical")
+    g.add_argument("--device", type=str, default=None, help="torch device, e.g. cuda, cuda:1, cpu (default: cuda if available)")
+    g.add_argument("--enable_teacache", action="store_true", help="skip DiT calls whose input barely changed (TeaCache)")
+    g.add_argument("--teacache_threshold", type=float, default=0.10, help="TeaCache relative-L1 threshold (higher = faster, worse)")
+    g.add_argument("--num_skip_start_steps", type=int, default=5, help="TeaCache: DiT calls always computed at the start")
+    g.add_argument("--teacache_offload", action="store_true", help="TeaCache: keep the cached residuals on the CPU")
+
+    g = p.add_argument_group("multi-GPU (launch with torchrun; ulysses x ring = number of processes)")
+    g.add_argument("--ulysses_degree", type=int, default=1, help="Ulysses sequence-parallel degree of the DiT")
+    g.add_argument("--ring_degree", type=int, default=1, help="ring-attention sequence-parallel degree of the DiT")
+    g.add_argument("--fsdp_dit", action="store_true", help="shard the DiT weights with FSDP (multi-GPU only)")
+
+    g = p.add_argument_group("accepted for compatibility, ignored (a warning says so)")
+    g.add_argument("--input_perturbation", type=float, default=0, help=DEAD_FLAGS["input_perturbation"])
+    g.add_argument("--revision", type=str, default=None, help=DEAD_FLAGS["revision"])
+    g.add_argument("--variant", type=str, default=None, help=DEAD_FLAGS["variant"])
+    g.add_argument("--offload_model", action="store_true", help=DEAD_FLAGS["offload_model"])
+    g.add_argument("--t5_fsdp", action="store_true", help=DEAD_FLAGS["t5_fsdp"])
+    g.add_argument("--t5_cpu", action="store_true", help=DEAD_FLAGS["t5_cpu"])
+    g.add_argument("--motion_frame", type=int, default=25, help=DEAD_FLAGS["motion_frame"])
+    g.add_argument("--sample_shift", type=float, default=None, help=DEAD_FLAGS["sample_shift"])
+    return p
+
+
+def given_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set[str]:
+    """Destinations of the options present in ``argv`` (``--flag``, ``--flag=value`` or an
+    abbreviation argparse accepted), so that a dead flag given at its default still warns."""
+    options = {opt: action.dest for action in parser._actions for opt in action.option_strings}
+    given = set()
+    for token in argv:
+        if token == "--":
+            break
+        if not token.startswith("--"):
+            continue
+        name = token.split("=", 1)[0]
+        matches = [dest for opt, dest in options.items() if opt == name] or [
+            dest for opt, dest in options.items() if opt.startswith(name)
+        ]
+        if len(set(matches)) == 1:
+            given.add(matches[0])
+    return given
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse ``argv`` (default ``sys.argv[1:]``), warn about ignored flags, normalise the prompt."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name in sorted(given_flags(parser, argv) & DEAD_FLAGS.keys()):
+        logger.warning("--%s is accepted for compatibility and ignored: %s", name, DEAD_FLAGS[name])
+    prompts = args.validation_prompts
+    if isinstance(prompts, list):
+        if len(prompts) > 1:
+            logger.warning("--validation_prompts got %d strings; they are joined into one prompt (quote the prompt)", len(prompts))
+        prompts = " ".join(prompts)
+    args.prompt = prompts
+    return args
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation (before any model loads)
+# ---------------------------------------------------------------------------------------------
+
+
+def _require_file(value: str | None, flag: str, what: str) -> Path:
+    if not value:
+        raise InferenceArgumentError(f"{flag} is required: the {what}")
+    path = Path(value)
+    if not path.is_file():
+        raise InferenceArgumentError(f"{flag}: {what} not found: {path}")
+    return path
+
+
+def _require_dir(value: str | None, flag: str, what: str) -> Path:
+    if not value:
+        raise InferenceArgumentError(f"{flag} is required: the {what} ({CHECKPOINT_HELP})")
+    path = Path(value)
+    if not path.is_dir():
+        raise InferenceArgumentError(f"{flag}: {what} not found: {path} ({CHECKPOINT_HELP})")
+    return path
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Check every flag and input file; raise ``InferenceArgumentError`` naming the first problem.
+
+    Fills ``args.config_path`` with the repository default when it was not given.
+    """
+    # 1. Sizes and sampling numbers.
+    for flag in ("width", "height"):
+        value = getattr(args, flag)
+        if value <= 0 or value % RESOLUTION_MULTIPLE:
+            raise InferenceArgumentError(
+                f"--{flag}={value} must be a positive multiple of {RESOLUTION_MULTIPLE} "
+                f"(e.g. {max(RESOLUTION_MULTIPLE, round(value / RESOLUTION_MULTIPLE) * RESOLUTION_MULTIPLE)})"
+            )
+    n = args.clip_sample_n_frames
+    if n < 1 or (n - 1) % 4:
+        raise InferenceArgumentError(f"--clip_sample_n_frames={n} must be 4k+1 (e.g. 81, 77, 85): the VAE compresses 4 frames into one")
+    try:
+        validate_overlap(args.overlap_window_length, frames_per_window(n))
+    except ValueError as err:
+        raise InferenceArgumentError(str(err)) from None
+    if args.sample_steps < 1:
+        raise InferenceArgumentError(f"--sample_steps={args.sample_steps} must be >= 1")
+    if args.teacache_threshold < 0 or args.num_skip_start_steps < 0:
+        raise InferenceArgumentError("--teacache_threshold and --num_skip_start_steps must be >= 0")
+    if args.ulysses_degree < 1 or args.ring_degree < 1:
+        raise InferenceArgumentError("--ulysses_degree and --ring_degree must be >= 1")
+    degree = args.ulysses_degree * args.ring_degree
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if degree > 1 and world != degree:
+        raise InferenceArgumentError(
+            f"--ulysses_degree x --ring_degree = {degree} but {world} process(es) run; "
+            f"launch with: torchrun --nproc_per_node={degree} inference.py ..."
+        )
+    if args.fsdp_dit and degree == 1:
+        raise InferenceArgumentError("--fsdp_dit needs several GPUs (--ulysses_degree/--ring_degree > 1 under torchrun)")
+    if args.device is not None:
+        import torch
+
+        try:
+            device = torch.device(args.device)
+        except RuntimeError as err:
+            raise InferenceArgumentError(f"--device={args.device!r} is not a torch device: {err}") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise InferenceArgumentError(f"--device={args.device} but CUDA is not available here; use --device=cpu")
+
+    # 2. Files.
+    _require_dir(args.pretrained_model_name_or_path, "--pretrained_model_name_or_path", "Wan2.1-Fun base model folder")
+    _require_dir(args.pretrained_wav2vec_path, "--pretrained_wav2vec_path", "wav2vec2 folder")
+    if args.transformer_path is not None and not Path(args.transformer_path).is_file():
+        raise InferenceArgumentError(f"--transformer_path: StableAvatar weights not found: {args.transformer_path} ({CHECKPOINT_HELP})")
+    if args.config_path is None:
+        args.config_path = str(DEFAULT_CONFIG)
+    _require_file(args.config_path, "--config_path", "model config yaml (deepspeed_config/wan2.1/wan_civitai.yaml)")
+    image = _require_file(args.validation_reference_path, "--validation_reference_path", "reference image")
+    try:
+        from PIL import Image
+
+        with Image.open(image) as img:
+            img.verify()
+    except Exception as err:
+        raise InferenceArgumentError(f"--validation_reference_path: cannot read image {image}: {err}") from None
+    audio = _require_file(args.validation_driven_audio_path, "--validation_driven_audio_path", "driving audio")
+    try:
+        with av.open(str(audio)) as container:
+            if not container.streams.audio:
+                raise InferenceArgumentError(f"--validation_driven_audio_path: {audio} has no audio stream")
+    except av.error.FFmpegError as err:
+        raise InferenceArgumentError(f"--validation_driven_audio_path: cannot read audio {audio}: {err}") from None
+    if not args.output_dir:
+        raise InferenceArgumentError("--output_dir is required: the folder that receives the video")
+
+
+# ---------------------------------------------------------------------------------------------
+# Running
+# ---------------------------------------------------------------------------------------------
+
+
+def _uint8_chunks(result: object, chunk_frames: int = 16) -> Iterator:
+    """Frames of the pipeline's result as uint8 ``[T, H, W, 3]`` chunks for ``write_video``.
+
+    Accepts an iterator of such chunks (streamed decoding), or the original's output: an object with
+    ``.videos`` / a tensor ``[1, 3, T, H, W]`` in [0, 1], converted chunk by chunk with the original's
+    ``(x * 255)`` truncation.
+    """
+    import numpy as np
+    import torch
+
+    videos = getattr(result, "videos", result)
+    if isinstance(videos, torch.Tensor):
+        if videos.dim() != 5 or videos.shape[:2] != (1, 3):
+            raise ValueError(f"pipeline returned videos of shape {tuple(videos.shape)}, expected [1, 3, T, H, W]")
+        for t in range(0, videos.shape[2], chunk_frames):
+            part = videos[0, :, t : t + chunk_frames].float().cpu().clamp(0, 1)
+            yield (part.permute(1, 2, 3, 0) * 255).numpy().astype(np.uint8)
+        return
+    if isinstance(videos, Iterable):
+        yield from videos
+        return
+    raise TypeError(f"cannot write a pipeline result of type {type(result).__name__}")
+
+
+def run(args: argparse.Namespace) -> Path | None:
+    """Load the pipeline, generate, write ``<output_dir>/video_with_audio.mp4``; returns its path on rank 0."""
+    try:
+        from wan.pipelines import load_pipeline
+    except ImportError as err:
+        raise SystemExit(f"inference.py: pipeline not available in this checkout ({err}); wan.pipelines.load_pipeline is required") from None
+    import torch
+
+    from wan.constants import DEFAULT_FPS, NEGATIVE_PROMPT
+    from wan.utils.video_io import write_video
+
+    pipe = load_pipeline(
+        args.pretrained_model_name_or_path,
+        transformer_path=args.transformer_path,
+        wav2vec_path=args.pretrained_wav2vec_path,
+        config_path=args.config_path,
+        memory_mode=args.GPU_memory_mode,
+        attention_backend=args.attention_backend,
+        device=args.device,
+        ulysses_degree=args.ulysses_degree,
+        ring_degree=args.ring_degree,
+        fsdp_dit=args.fsdp_dit,
+        teacache_threshold=args.teacache_threshold if args.enable_teacache else None,
+        teacache_skip_start_steps=args.num_skip_start_steps,
+        teacache_offload=args.teacache_offload,
+    )
+    generator = torch.Generator(device=getattr(pipe, "device", "cpu")).manual_seed(args.seed)
+    result = pipe(
+        prompt=args.prompt,
+        negative_prompt=NEGATIVE_PROMPT,
+        image=args.validation_reference_path,
+        audio=args.validation_driven_audio_path,
+        height=args.height,
+        width=args.width,
+        num_inference_steps=args.sample_steps,
+        text_guide_scale=args.sample_text_guide_scale,
+        audio_guide_scale=args.sample_audio_guide_scale,
+        clip_length=args.clip_sample_n_frames,
+        overlap_window_length=args.overlap_window_length,
+        overlapping_weight_scheme=args.overlapping_weight_scheme,
+        generator=generator,
+    )
+    if int(os.environ.get("RANK", "0")) != 0:  # sequence parallel: every rank generates, rank 0 writes
+        return None
+    written = write_video(
+        Path(args.output_dir) / OUTPUT_NAME,
+        _uint8_chunks(result),
+        fps=DEFAULT_FPS,
+        audio_path=args.validation_driven_audio_path,
+        save_intermediate=args.save_intermediate,
+    )
+    logger.info("wrote %s (%d frames, %.2f s)", written.path, written.num_frames, written.duration)
+    return written.path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    try:
+        validate(args)
+    except InferenceArgumentError as err:
+        print(f"inference.py: error: {err}", file=sys.stderr)
+        return 2
+    path = run(args)
+    if path is not None:
+        print(path)
+    return 0
