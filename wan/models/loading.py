@@ -19,7 +19,9 @@ DOWNLOAD_HINTS: dict[str, str] = {
     "Wan2.1-Fun-V1.1-1.3B-InP": "huggingface-cli download alibaba-pai/Wan2.1-Fun-V1.1-1.3B-InP --local-dir checkpoints/Wan2.1-Fun-V1.1-1.3B-InP",
     "Wan2.1-I2V-14B-480P": "huggingface-cli download Wan-AI/Wan2.1-I2V-14B-480P --local-dir checkpoints/Wan2.1-I2V-14B-480P",
     "wav2vec2-base-960h": "huggingface-cli download facebook/wav2vec2-base-960h --local-dir checkpoints/wav2vec2-base-960h",
+    "Wan2.1-I2V-14B-720P": "huggingface-cli download Wan-AI/Wan2.1-I2V-14B-720P --local-dir checkpoints/Wan2.1-I2V-14B-720P",
     "StableAvatar-1.3B": "huggingface-cli download FrancisRing/StableAvatar --local-dir checkpoints",
+    "Kim_Vocal_2.onnx": "huggingface-cli download FrancisRing/StableAvatar Kim_Vocal_2.onnx --local-dir checkpoints",
 }
 
 
