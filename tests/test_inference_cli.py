@@ -140,7 +140,9 @@ def test_memory_modes_accepted(mode):
     assert cli.parse_args([*REQUIRED, f"--GPU_memory_mode={mode}"]).GPU_memory_mode == mode
 
 
-@pytest.mark.parametrize("argv", [["--GPU_memory_mode=normal"], ["--overlapping_weight_scheme=linear"], ["--attention_backend=usp"], ["--width=abc"]])
+@pytest.mark.parametrize(
+    "argv", [["--GPU_memory_mode=normal"], ["--overlapping_weight_scheme=linear"], ["--attention_backend=usp"], ["--width=abc"]]
+)
 def test_bad_choices_exit(argv, capsys):
     with pytest.raises(SystemExit) as exc:
         cli.parse_args([*REQUIRED, *argv])

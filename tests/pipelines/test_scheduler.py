@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tests.conftest import CASES
 from safetensors.torch import load_file
 
+from tests.conftest import CASES
 from wan.pipelines.scheduling import ORIGINAL_SCHEDULER_KWARGS, build_scheduler, original_sigmas, set_timesteps, step_window
 
 

@@ -7,9 +7,9 @@ import math
 
 import pytest
 import torch
-from tests.conftest import CASES
 from safetensors.torch import load_file
 
+from tests.conftest import CASES
 from wan.pipelines import sliding_window as sw
 from wan.pipelines.scheduling import build_scheduler, set_timesteps, step_window
 

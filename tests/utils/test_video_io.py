@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from tests.conftest import CASES, EXAMPLES
 from PIL import Image
 from safetensors.torch import load_file
 
+from tests.conftest import CASES, EXAMPLES
 from wan.utils.video_io import (
     CROPPED_AUDIO,
     VIDEO_WITHOUT_AUDIO,
@@ -82,9 +82,7 @@ def test_audio_track_carries_the_speech(tmp_path):
     ref = ref.T
     # align (AAC priming may shift by up to one frame) and compare energies and correlation
     n = 30000
-    best = max(
-        float(np.corrcoef(decoded[0, lag : lag + n], ref[0, :n])[0, 1]) for lag in range(0, min(2048, decoded.shape[1] - n))
-    )
+    best = max(float(np.corrcoef(decoded[0, lag : lag + n], ref[0, :n])[0, 1]) for lag in range(0, min(2048, decoded.shape[1] - n)))
     assert np.sqrt((ref[:, :n] ** 2).mean()) > 0.01  # the example is not silent
     assert best > 0.95
 

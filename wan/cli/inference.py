@@ -67,25 +67,48 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     g = p.add_argument_group("models")
-    g.add_argument("--pretrained_model_name_or_path", type=str, required=True,
-                   help=f"Wan2.1-Fun-V1.1-1.3B-InP folder (T5, VAE, CLIP, base DiT); {CHECKPOINT_HELP}")
-    g.add_argument("--transformer_path", type=str, default=None,
-                   help="StableAvatar DiT weights (.pt/.safetensors) loaded over the base DiT, e.g. "
-                        "checkpoints/StableAvatar-1.3B/transformer3d-square.pt; without it the audio modules are untrained")
+    g.add_argument(
+        "--pretrained_model_name_or_path",
+        type=str,
+        required=True,
+        help=f"Wan2.1-Fun-V1.1-1.3B-InP folder (T5, VAE, CLIP, base DiT); {CHECKPOINT_HELP}",
+    )
+    g.add_argument(
+        "--transformer_path",
+        type=str,
+        default=None,
+        help="StableAvatar DiT weights (.pt/.safetensors) loaded over the base DiT, e.g. "
+        "checkpoints/StableAvatar-1.3B/transformer3d-square.pt; without it the audio modules are untrained",
+    )
     g.add_argument("--pretrained_wav2vec_path", type=str, default=None, help="wav2vec2-base-960h folder (audio features)")
-    g.add_argument("--config_path", type=str, default=None,
-                   help=f"model/scheduler yaml; default: {DEFAULT_CONFIG.relative_to(REPO_ROOT)}")
+    g.add_argument("--config_path", type=str, default=None, help=f"model/scheduler yaml; default: {DEFAULT_CONFIG.relative_to(REPO_ROOT)}")
 
     g = p.add_argument_group("inputs and output")
-    g.add_argument("--validation_reference_path", type=str, default=None,
-                   help="reference image (png/jpg; alpha is dropped); resized to --width x --height without keeping the aspect ratio")
-    g.add_argument("--validation_driven_audio_path", type=str, default=None,
-                   help="driving audio (wav/mp3/...); its length sets the video length (25 fps)")
-    g.add_argument("--validation_prompts", type=str, nargs="+", default="The protagonist is singing",
-                   help="text prompt describing the person and scene (quote it: several words are joined into one prompt)")
+    g.add_argument(
+        "--validation_reference_path",
+        type=str,
+        default=None,
+        help="reference image (png/jpg; alpha is dropped); resized to --width x --height without keeping the aspect ratio",
+    )
+    g.add_argument(
+        "--validation_driven_audio_path",
+        type=str,
+        default=None,
+        help="driving audio (wav/mp3/...); its length sets the video length (25 fps)",
+    )
+    g.add_argument(
+        "--validation_prompts",
+        type=str,
+        nargs="+",
+        default="The protagonist is singing",
+        help="text prompt describing the person and scene (quote it: several words are joined into one prompt)",
+    )
     g.add_argument("--output_dir", type=str, default=None, help=f"output folder; the result is <output_dir>/{OUTPUT_NAME}")
-    g.add_argument("--save_intermediate", action="store_true",
-                   help="also write the original's video_without_audio.mp4 and cropped_audio.wav (audio cut to the video)")
+    g.add_argument(
+        "--save_intermediate",
+        action="store_true",
+        help="also write the original's video_without_audio.mp4 and cropped_audio.wav (audio cut to the video)",
+    )
 
     g = p.add_argument_group("sampling")
     g.add_argument("--width", type=int, default=512, help="video width in pixels, a multiple of 16")
@@ -94,20 +117,40 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sample_steps", type=int, default=50, help="denoising steps (the original had no default)")
     g.add_argument("--sample_text_guide_scale", type=float, default=5.0, help="text guidance scale (3-6 recommended)")
     g.add_argument("--sample_audio_guide_scale", type=float, default=4.0, help="audio guidance scale (3-6 recommended)")
-    g.add_argument("--clip_sample_n_frames", type=int, default=81,
-                   help="video frames per sliding window, 4k+1 (81 -> 21 latent frames per window)")
-    g.add_argument("--overlap_window_length", type=int, default=10,
-                   help="latent frames shared by consecutive windows, 0 <= overlap < frames per window (5-10 typical)")
-    g.add_argument("--overlapping_weight_scheme", type=str, default="uniform", choices=BLEND_SCHEMES,
-                   help="blend of the shared frames: linear ramp (uniform) or log ramp (log)")
+    g.add_argument(
+        "--clip_sample_n_frames", type=int, default=81, help="video frames per sliding window, 4k+1 (81 -> 21 latent frames per window)"
+    )
+    g.add_argument(
+        "--overlap_window_length",
+        type=int,
+        default=10,
+        help="latent frames shared by consecutive windows, 0 <= overlap < frames per window (5-10 typical)",
+    )
+    g.add_argument(
+        "--overlapping_weight_scheme",
+        type=str,
+        default="uniform",
+        choices=BLEND_SCHEMES,
+        help="blend of the shared frames: linear ramp (uniform) or log ramp (log)",
+    )
 
     g = p.add_argument_group("speed and memory")
-    g.add_argument("--GPU_memory_mode", type=str, default="model_full_load", choices=MEMORY_MODES,
-                   help="model_full_load: everything on the GPU; model_cpu_offload: one model at a time; "
-                        "model_cpu_offload_and_qfloat8: + fp8 DiT weights; sequential_cpu_offload: lowest memory, slowest")
-    g.add_argument("--attention_backend", type=str, default="sdpa_unmasked", choices=ATTENTION_BACKENDS,
-                   help="sdpa_unmasked reproduces the released model exactly (padding attended); sdpa/flash2/flash3 "
-                        "mask padding and are faster but not bit-identical")
+    g.add_argument(
+        "--GPU_memory_mode",
+        type=str,
+        default="model_full_load",
+        choices=MEMORY_MODES,
+        help="model_full_load: everything on the GPU; model_cpu_offload: one model at a time; "
+        "model_cpu_offload_and_qfloat8: + fp8 DiT weights; sequential_cpu_offload: lowest memory, slowest",
+    )
+    g.add_argument(
+        "--attention_backend",
+        type=str,
+        default="sdpa_unmasked",
+        choices=ATTENTION_BACKENDS,
+        help="sdpa_unmasked reproduces the released model exactly (padding attended); sdpa/flash2/flash3 "
+        "mask padding and are faster but not bit-identical",
+    )
     g.add_argument("--device", type=str, default=None, help="torch device, e.g. cuda, cuda:1, cpu (default: cuda if available)")
     g.add_argument("--enable_teacache", action="store_true", help="skip DiT calls whose input barely changed (TeaCache)")
     g.add_argument("--teacache_threshold", type=float, default=0.10, help="TeaCache relative-L1 threshold (higher = faster, worse)")
@@ -142,9 +185,7 @@ def given_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set[str
         if not token.startswith("--"):
             continue
         name = token.split("=", 1)[0]
-        matches = [dest for opt, dest in options.items() if opt == name] or [
-            dest for opt, dest in options.items() if opt.startswith(name)
-        ]
+        matches = [dest for opt, dest in options.items() if opt == name] or [dest for opt, dest in options.items() if opt.startswith(name)]
         if len(set(matches)) == 1:
             given.add(matches[0])
     return given
@@ -295,7 +336,9 @@ def run(args: argparse.Namespace) -> Path | None:
     try:
         from wan.pipelines import load_pipeline
     except ImportError as err:
-        raise SystemExit(f"inference.py: pipeline not available in this checkout ({err}); wan.pipelines.load_pipeline is required") from None
+        raise SystemExit(
+            f"inference.py: pipeline not available in this checkout ({err}); wan.pipelines.load_pipeline is required"
+        ) from None
     import torch
 
     from wan.constants import DEFAULT_FPS, NEGATIVE_PROMPT

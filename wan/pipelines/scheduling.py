@@ -88,7 +88,9 @@ def original_sigmas(num_inference_steps: int, shift: float = 5.0, num_train_time
     train = shifted(train / num_train_timesteps)
     sigma_max, sigma_min = train[0].item(), train[-1].item()
     # set_timesteps: float64 linspace between the shifted ends, shifted again.
-    sigmas = shifted(np.linspace(sigma_max * num_train_timesteps, sigma_min * num_train_timesteps, num_inference_steps) / num_train_timesteps)
+    sigmas = shifted(
+        np.linspace(sigma_max * num_train_timesteps, sigma_min * num_train_timesteps, num_inference_steps) / num_train_timesteps
+    )
     sigmas = torch.from_numpy(sigmas).to(torch.float32)
     return torch.cat([sigmas, torch.zeros(1)])
 
