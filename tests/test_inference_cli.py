@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import shlex
 import subprocess
@@ -194,17 +195,26 @@ def valid_argv(tmp_path, monkeypatch):
 
 
 def test_valid_arguments_pass(valid_argv):
-    cli.validate(cli.parse_args(valid_argv))
+    cli.validate(cli.parse_args(valid_argv), check_checkpoints=False)
+
+
+def test_checkpoint_files_are_checked(valid_argv):
+    """Empty model folders: validate lists the missing weight files with their downloads."""
+    with pytest.raises(cli.InferenceArgumentError, match="checkpoint problem") as exc:
+        cli.validate(cli.parse_args(valid_argv))
+    message = str(exc.value)
+    assert "config.json" in message and "Wan2.1_VAE.pth" in message and "model.safetensors" in message
+    assert "sa.pt" in message  # the empty StableAvatar file is reported too
 
 
 def test_default_config_path_is_filled(valid_argv):
     args = cli.parse_args([a for a in valid_argv if not a.startswith("--config_path")])
     if cli.DEFAULT_CONFIG.is_file():
-        cli.validate(args)
+        cli.validate(args, check_checkpoints=False)
         assert args.config_path == str(cli.DEFAULT_CONFIG)
     else:
         with pytest.raises(cli.InferenceArgumentError, match="wan_civitai.yaml"):
-            cli.validate(args)
+            cli.validate(args, check_checkpoints=False)
 
 
 @pytest.mark.parametrize(
@@ -233,7 +243,7 @@ def test_default_config_path_is_filled(valid_argv):
 def test_validation_errors(valid_argv, extra, match):
     args = cli.parse_args([*valid_argv, *extra])
     with pytest.raises(cli.InferenceArgumentError, match=match):
-        cli.validate(args)
+        cli.validate(args, check_checkpoints=False)
 
 
 def test_missing_required_inputs(valid_argv):
@@ -241,27 +251,27 @@ def test_missing_required_inputs(valid_argv):
                         ("--pretrained_wav2vec_path", "wav2vec2"), ("--output_dir", "folder that receives the video")]:  # fmt: skip
         args = cli.parse_args([a for a in valid_argv if not a.startswith(flag)])
         with pytest.raises(cli.InferenceArgumentError, match=f"{flag} is required.*{match}"):
-            cli.validate(args)
+            cli.validate(args, check_checkpoints=False)
 
 
 def test_unreadable_inputs(valid_argv, tmp_path):
     (tmp_path / "bad.png").write_bytes(b"not an image")
     with pytest.raises(cli.InferenceArgumentError, match="cannot read image .*bad.png"):
-        cli.validate(cli.parse_args([*valid_argv, f"--validation_reference_path={tmp_path / 'bad.png'}"]))
+        cli.validate(check_checkpoints=False, args=cli.parse_args([*valid_argv, f"--validation_reference_path={tmp_path / 'bad.png'}"]))
     (tmp_path / "bad.wav").write_bytes(b"not audio")
     with pytest.raises(cli.InferenceArgumentError, match="cannot read audio .*bad.wav"):
-        cli.validate(cli.parse_args([*valid_argv, f"--validation_driven_audio_path={tmp_path / 'bad.wav'}"]))
+        cli.validate(check_checkpoints=False, args=cli.parse_args([*valid_argv, f"--validation_driven_audio_path={tmp_path / 'bad.wav'}"]))
 
 
 def test_world_size_matching_degrees_passes(valid_argv, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "4")
-    cli.validate(cli.parse_args([*valid_argv, "--ulysses_degree=2", "--ring_degree=2", "--fsdp_dit"]))
+    cli.validate(check_checkpoints=False, args=cli.parse_args([*valid_argv, "--ulysses_degree=2", "--ring_degree=2", "--fsdp_dit"]))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error")
 def test_cuda_device_without_cuda(valid_argv):
     with pytest.raises(cli.InferenceArgumentError, match="CUDA is not available"):
-        cli.validate(cli.parse_args([*valid_argv, "--device=cuda"]))
+        cli.validate(check_checkpoints=False, args=cli.parse_args([*valid_argv, "--device=cuda"]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,7 +288,13 @@ def test_main_reports_validation_errors_before_loading(valid_argv, monkeypatch, 
     assert "inference.py: error: --width=100" in capsys.readouterr().err
 
 
-def test_main_without_pipeline_says_so(valid_argv, monkeypatch):
+@pytest.fixture
+def no_checkpoint_check(monkeypatch):
+    """main() on empty model folders: skip only the weight-file check (tested above)."""
+    monkeypatch.setattr(cli, "validate", functools.partial(cli.validate, check_checkpoints=False))
+
+
+def test_main_without_pipeline_says_so(valid_argv, monkeypatch, no_checkpoint_check):
     monkeypatch.setitem(sys.modules, "wan.pipelines", types.ModuleType("wan.pipelines"))  # no load_pipeline
     with pytest.raises(SystemExit, match="pipeline not available"):
         cli.main(valid_argv)
@@ -296,10 +312,12 @@ class FakePipeline:
     def __call__(self, **kwargs):
         self.call_kwargs = kwargs
         t = torch.linspace(0, 1, 25).view(1, 1, 25, 1, 1).expand(1, 3, 25, kwargs["height"], kwargs["width"])
+        if kwargs.get("output_type") == "stream":  # decoder chunks in [-1, 1]: 1 frame, then 4 at a time
+            return types.SimpleNamespace(videos=(t[:, :, i : i + (1 if i == 0 else 4)] * 2 - 1 for i in [0, *range(1, 25, 4)]))
         return types.SimpleNamespace(videos=t.clone())
 
 
-def test_main_runs_pipeline_and_writes_video_with_audio(valid_argv, tmp_path, monkeypatch):
+def test_main_runs_pipeline_and_writes_video_with_audio(valid_argv, tmp_path, monkeypatch, no_checkpoint_check):
     made = {}
 
     def load_pipeline(path, **kwargs):
@@ -314,7 +332,7 @@ def test_main_runs_pipeline_and_writes_video_with_audio(valid_argv, tmp_path, mo
     assert pipe.loader_kwargs["attention_backend"] == "sdpa_unmasked"
     call = pipe.call_kwargs
     assert (call["height"], call["width"], call["num_inference_steps"], call["overlap_window_length"]) == (32, 64, 3, 5)
-    assert call["generator"].initial_seed() == 5
+    assert call["generator"].initial_seed() == 5 and call["output_type"] == "stream"
     out = tmp_path / "out"
     assert sorted(p.name for p in out.iterdir()) == ["cropped_audio.wav", "video_with_audio.mp4", "video_without_audio.mp4"]
     with av.open(str(out / "video_with_audio.mp4")) as c:
@@ -329,6 +347,10 @@ def test_uint8_chunks_truncates_like_the_original():
     chunks = list(cli._uint8_chunks(types.SimpleNamespace(videos=videos), chunk_frames=3))
     assert [c.shape for c in chunks] == [(3, 2, 2, 3), (1, 2, 2, 3)]
     assert np.concatenate(chunks)[:, 0, 0, 0].tolist() == [0, 127, 255, 254]
+    as_array = list(cli._uint8_chunks(types.SimpleNamespace(videos=videos.numpy())))
+    assert np.array_equal(np.concatenate(as_array), np.concatenate(chunks))
+    streamed = list(cli._uint8_chunks(iter([videos[:, :, :2] * 2 - 1, videos[:, :, 2:] * 2 - 1])))
+    assert np.array_equal(np.concatenate(streamed), np.concatenate(chunks))  # [-1, 1] chunks, same bytes
     passthrough = [np.zeros((1, 2, 2, 3), np.uint8)]
     assert list(cli._uint8_chunks(iter(passthrough))) == passthrough
 

@@ -230,10 +230,13 @@ def _require_dir(value: str | None, flag: str, what: str) -> Path:
     return path
 
 
-def validate(args: argparse.Namespace) -> None:
+def validate(args: argparse.Namespace, check_checkpoints: bool = True) -> None:
     """Check every flag and input file; raise ``InferenceArgumentError`` naming the first problem.
 
-    Fills ``args.config_path`` with the repository default when it was not given.
+    With ``check_checkpoints`` every weight file in the model folders is checked too
+    (``wan.pipelines.checkpoints``: presence, headers, sizes), listing all that are missing or
+    damaged with their download commands. Fills ``args.config_path`` with the repository default
+    when it was not given.
     """
     # 1. Sizes and sampling numbers.
     for flag in ("width", "height"):
@@ -301,6 +304,17 @@ def validate(args: argparse.Namespace) -> None:
     if not args.output_dir:
         raise InferenceArgumentError("--output_dir is required: the folder that receives the video")
 
+    # 3. Every weight file (last: the slowest check, and the flags above name simpler mistakes).
+    if check_checkpoints:  # presence, headers and sizes only: well under a second
+        from wan.models.loading import CheckpointError
+        from wan.pipelines.checkpoints import CheckpointPaths
+
+        paths = CheckpointPaths.from_args(args.pretrained_model_name_or_path, args.transformer_path, args.pretrained_wav2vec_path)
+        try:
+            paths.validate()
+        except CheckpointError as err:
+            raise InferenceArgumentError(str(err)) from None
+
 
 # ---------------------------------------------------------------------------------------------
 # Running
@@ -310,14 +324,22 @@ def validate(args: argparse.Namespace) -> None:
 def _uint8_chunks(result: object, chunk_frames: int = 16) -> Iterator:
     """Frames of the pipeline's result as uint8 ``[T, H, W, 3]`` chunks for ``write_video``.
 
-    Accepts an iterator of such chunks (streamed decoding), or the original's output: an object with
-    ``.videos`` / a tensor ``[1, 3, T, H, W]`` in [0, 1], converted chunk by chunk with the original's
-    ``(x * 255)`` truncation.
+    ``result.videos`` (or ``result`` itself) may be:
+
+    * an iterator (``output_type="stream"``): raw decoder chunks, float ``[1, 3, t, H, W]`` in
+      [-1, 1] as ``vae.stream_decode`` yields them, or chunks already in uint8 ``[t, H, W, 3]``;
+    * the whole video, tensor or array ``[1, 3, T, H, W]`` in [0, 1] (the original's ``.videos``).
+
+    Both are converted as the original does, ``(x * 255)`` truncated to uint8.
     """
     import numpy as np
     import torch
 
+    from wan.utils.video_io import decoded_to_uint8
+
     videos = getattr(result, "videos", result)
+    if isinstance(videos, np.ndarray):
+        videos = torch.from_numpy(videos)
     if isinstance(videos, torch.Tensor):
         if videos.dim() != 5 or videos.shape[:2] != (1, 3):
             raise ValueError(f"pipeline returned videos of shape {tuple(videos.shape)}, expected [1, 3, T, H, W]")
@@ -326,7 +348,9 @@ def _uint8_chunks(result: object, chunk_frames: int = 16) -> Iterator:
             yield (part.permute(1, 2, 3, 0) * 255).numpy().astype(np.uint8)
         return
     if isinstance(videos, Iterable):
-        yield from videos
+        for chunk in videos:
+            is_float = isinstance(chunk, torch.Tensor) and chunk.is_floating_point()
+            yield decoded_to_uint8(chunk) if is_float else chunk
         return
     raise TypeError(f"cannot write a pipeline result of type {type(result).__name__}")
 
@@ -374,6 +398,7 @@ def run(args: argparse.Namespace) -> Path | None:
         overlap_window_length=args.overlap_window_length,
         overlapping_weight_scheme=args.overlapping_weight_scheme,
         generator=generator,
+        output_type="stream",  # decoded chunk by chunk while the mp4 is written
     )
     if int(os.environ.get("RANK", "0")) != 0:  # sequence parallel: every rank generates, rank 0 writes
         return None
