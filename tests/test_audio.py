@@ -14,6 +14,7 @@ from tests.conftest import CASES
 from wan.audio import Wav2VecFeatureExtractor, load_audio, wav2vec_num_tokens
 from wan.models.loading import CheckpointError
 from wan.testing.golden_encoders import recipe_wav2vec
+from wan.testing.recipe import recipe_tensor
 
 PIPELINE = CASES / "pipeline"
 
@@ -86,10 +87,13 @@ def test_wav2vec_features_match_pipeline_case(case_extractor, window):
 
 
 def test_recipe_uses_the_recorded_parametrization_names():
-    """The recipe seeds by key; the case used transformers 4.51's weight-norm names."""
+    """The recipe seeds by key; the case was recorded with transformers 4.51's weight-norm names."""
     model = recipe_wav2vec(PIPELINE / "wav2vec")
-    keys = set(model.state_dict())
-    assert "encoder.pos_conv_embed.conv.parametrizations.weight.original0" in keys or "encoder.pos_conv_embed.conv.weight_g" in keys
+    state = model.state_dict()
+    for part, legacy in (("original0", "weight_g"), ("original1", "weight_v")):
+        recorded = f"encoder.pos_conv_embed.conv.parametrizations.weight.{part}"
+        key = recorded if recorded in state else f"encoder.pos_conv_embed.conv.{legacy}"
+        assert torch.equal(state[key], recipe_tensor(recorded, state[key].shape))
 
 
 def test_window_cache(case_extractor):

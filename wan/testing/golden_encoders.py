@@ -48,19 +48,18 @@ def run_t5(case: GoldenCase) -> dict[str, torch.Tensor]:
     }
 
 
-def clip_config_from_case(meta: dict) -> dict:
-    """Our CLIPVisionEncoder kwargs for a case's constructor (``"CLIPModel()"`` or factory overrides)."""
-    ctor = meta["constructor"]
-    if not isinstance(ctor, dict):
-        return {}
-    return {_CLIP_FACTORY_TO_CONFIG[k]: v for k, v in ctor.items() if k in _CLIP_FACTORY_TO_CONFIG}
+def clip_config(factory_overrides: dict | None) -> dict:
+    """Our CLIPVisionEncoder kwargs for the original factory's overrides (text-tower ones are ignored:
+    that tower is not part of our module)."""
+    return {_CLIP_FACTORY_TO_CONFIG[k]: v for k, v in (factory_overrides or {}).items() if k in _CLIP_FACTORY_TO_CONFIG}
 
 
 def run_clip(case: GoldenCase) -> dict[str, torch.Tensor]:
     """CLIP visual tower as the pipeline calls it: a list with one [3, 1, H, W] image in [-1, 1]."""
     from wan.models.clip import CLIPVisionEncoder
 
-    config = clip_config_from_case(case.meta)
+    ctor = case.meta["constructor"]  # "CLIPModel()" (full size) or a dict of factory overrides
+    config = clip_config(ctor if isinstance(ctor, dict) else None)
     model = recipe_filled(lambda: CLIPVisionEncoder(**config))
     try:
         out = model([case.inputs["image"]])
