@@ -10,6 +10,8 @@ import importlib
 _LAZY = {
     "WanAvatarTransformer3DModel": "wan.models.transformer",
     "TRANSFORMER_PRESETS": "wan.configs.presets",
+    "StableAvatarPipeline": "wan.pipelines.pipeline_stableavatar",
+    "load_pipeline": "wan.pipelines.loading",
 }
 
 __all__ = sorted(_LAZY)

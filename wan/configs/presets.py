@@ -18,6 +18,7 @@ _COMMON = dict(
     audio_in_dim=768,
     audio_adapter_layers=2,
     audio_adapter_heads=8,
+    clip_dim=1280,  # CLIP ViT-H/14 token width
 )
 
 TRANSFORMER_PRESETS: dict[str, dict] = {

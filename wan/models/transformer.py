@@ -19,6 +19,7 @@ Forward, per CFG batch row (shapes for the 1.3B at 512x512, one 81-frame window)
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import math
 import os
@@ -185,6 +186,7 @@ class WanAvatarTransformer3DModel(ModelMixin, ConfigMixin):
         audio_in_dim: wav2vec2 width (768). audio_proj_dim: adapter width (must equal ``dim``:
             the adapter adds the DiT's e0 to its own tokens). audio_proj_hidden_dim: ``None`` for the
             1.3B one-stage projection, 2048 for the 14B two-stage one.
+        clip_dim: width of the CLIP tokens fed to ``img_emb`` (1280 for ViT-H/14; small in tests).
         audio_adapter_layers, audio_adapter_heads: adapter depth (2) and heads (8).
         audio_cfg_last_row: 1.3B behaviour for a CFG batch (B > 1): run the adapter on the LAST row
             only and give the rows audio tokens ``[0, v, v]`` (B must be 3). The 14B runs every row.
@@ -218,6 +220,7 @@ class WanAvatarTransformer3DModel(ModelMixin, ConfigMixin):
         audio_adapter_layers: int = 2,
         audio_adapter_heads: int = 8,
         audio_cfg_last_row: bool = True,
+        clip_dim: int = CLIP_DIM,
     ):
         super().__init__()
         if model_type != "i2v":
@@ -239,7 +242,7 @@ class WanAvatarTransformer3DModel(ModelMixin, ConfigMixin):
 
         self.blocks = nn.ModuleList([WanAttentionBlock(dim, ffn_dim, num_heads, qk_norm, cross_attn_norm, eps) for _ in range(num_layers)])
         self.head = Head(dim, out_dim, self.patch_size, eps)
-        self.img_emb = MLPProj(CLIP_DIM, dim)
+        self.img_emb = MLPProj(clip_dim, dim)
         self.vocal_projector = AudioAdapter(audio_in_dim, audio_proj_dim, dim, audio_proj_hidden_dim, audio_adapter_layers, audio_adapter_heads)
 
         # RoPE angles: plain attribute, not a buffer (no state_dict key, never cast to bf16).
@@ -406,9 +409,17 @@ def base_weight_files(base_dir: str | os.PathLike) -> list[Path]:
 
 
 def transformer_config_from_base(base_dir: str | os.PathLike) -> dict:
-    """Our constructor kwargs for the Wan base folder's config.json (preset picked by width)."""
+    """Our constructor kwargs for the base folder's config.json.
+
+    A Wan(-Fun) ``WanModel`` config picks the preset by width (1536 -> 1.3B, 5120 -> 14B) and takes
+    its sizes from the file; a config written by this class (``save_pretrained``, tiny test
+    folders) is used as it is.
+    """
     config_file = require_file(Path(base_dir) / "config.json", "Wan base config")
     raw = json.loads(config_file.read_text())
+    if raw.get("_class_name") == WanAvatarTransformer3DModel.__name__:
+        own = set(inspect.signature(WanAvatarTransformer3DModel.__init__).parameters) - {"self"}
+        return {k: v for k, v in raw.items() if k in own}
     preset = {1536: "1.3B", 5120: "14B"}.get(raw.get("dim"))
     if preset is None:
         raise CheckpointError(f"{config_file}: dim={raw.get('dim')} is neither the 1.3B (1536) nor the 14B (5120) Wan model")

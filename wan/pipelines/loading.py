@@ -1,0 +1,148 @@
+"""load_pipeline: the one place that turns the checkpoint folders into a ready StableAvatarPipeline.
+
+Mirrors ``inference.py`` of the original: umT5 (bf16 on GPU), VAE (float32), CLIP (float32), the DiT
+(bf16: Wan base + StableAvatar ``.pt``), wav2vec2 (float32), the flow-matching scheduler from the
+yaml's ``scheduler_kwargs``. Every file is checked before anything large is read
+(``CheckpointPaths.validate``), so a missing or truncated file fails in a second with its name and
+the command that downloads it.
+
+The yaml (``--config_path``, ``deepspeed_config/wan2.1/wan_civitai.yaml``) supplies subpaths,
+``text_encoder_kwargs`` (the umT5 size) and ``scheduler_kwargs`` as in the original. Two
+extensions let small test folders describe themselves: ``image_encoder_kwargs`` may carry CLIP
+config fields and ``vae_kwargs`` VAE config fields; the released yaml has neither, so real runs use
+the real sizes.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers.utils import logging
+
+from wan.pipelines.checkpoints import CheckpointPaths
+
+logger = logging.get_logger(__name__)
+
+MEMORY_MODES = ("model_full_load", "model_cpu_offload", "model_cpu_offload_and_qfloat8", "sequential_cpu_offload")
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "deepspeed_config" / "wan2.1" / "wan_civitai.yaml"
+
+
+def read_yaml_config(config_path: str | os.PathLike | None) -> dict[str, Any]:
+    """The civitai yaml as a plain dict ({} if there is none); unreadable -> error naming the file."""
+    path = Path(config_path) if config_path else DEFAULT_CONFIG
+    if not path.is_file():
+        if config_path:
+            raise FileNotFoundError(f"--config_path {path} not found (the repo ships deepspeed_config/wan2.1/wan_civitai.yaml)")
+        return {}
+    from omegaconf import OmegaConf
+
+    try:
+        return OmegaConf.to_container(OmegaConf.load(path), resolve=True) or {}
+    except Exception as exc:
+        raise ValueError(f"cannot parse {path}: {exc}") from exc
+
+
+def _accepted(cls_or_fn, kwargs: dict) -> dict:
+    params = inspect.signature(cls_or_fn).parameters
+    return {k: v for k, v in kwargs.items() if k in params}
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``device`` or the first CUDA GPU, else the CPU (with a warning: generation there is very slow)."""
+    if device is not None:
+        device = torch.device(device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("--device cuda was asked for but CUDA is not available: install a CUDA build of torch or pass --device cpu")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    logger.warning("CUDA is not available: running on the CPU in float32 (minutes per step at real sizes)")
+    return torch.device("cpu")
+
+
+def load_pipeline(
+    pretrained_model_name_or_path: str | os.PathLike,
+    transformer_path: str | os.PathLike | None = None,
+    wav2vec_path: str | os.PathLike | None = None,
+    config_path: str | os.PathLike | None = None,
+    memory_mode: str = "model_full_load",
+    attention_backend: str | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    ulysses_degree: int = 1,
+    ring_degree: int = 1,
+    fsdp_dit: bool = False,
+    teacache_threshold: float | None = None,
+    teacache_skip_start_steps: int = 5,
+    teacache_offload: bool = False,
+):
+    """Build the StableAvatarPipeline from the original checkpoint layout.
+
+    pretrained_model_name_or_path: the Wan2.1-Fun-V1.1-1.3B-InP (or 14B) folder.
+    transformer_path: StableAvatar's ``transformer3d-*.pt`` (None: the base DiT alone, with a warning).
+    wav2vec_path: the wav2vec2-base-960h folder (default: beside the base folder).
+    memory_mode: one of ``MEMORY_MODES`` (the original's ``--GPU_memory_mode``).
+    dtype: compute dtype of the DiT and umT5 (default bf16 on CUDA, float32 on the CPU).
+    """
+    from wan.audio import Wav2VecFeatureExtractor
+    from wan.models.attention import set_attention_backend
+    from wan.models.clip import load_clip_image_encoder
+    from wan.models.t5 import load_t5_encoder, load_tokenizer
+    from wan.models.transformer import load_transformer
+    from wan.models.vae import load_vae
+    from wan.pipelines.pipeline_stableavatar import StableAvatarPipeline
+    from wan.pipelines.scheduling import build_scheduler
+
+    if memory_mode not in MEMORY_MODES:
+        raise ValueError(f"--GPU_memory_mode {memory_mode!r}: choose one of {MEMORY_MODES}")
+    if ulysses_degree * ring_degree > 1 or fsdp_dit:
+        raise NotImplementedError("multi-GPU inference (--ulysses_degree/--ring_degree/--fsdp_dit) is not available yet; run on one GPU")
+    if attention_backend:
+        set_attention_backend(attention_backend)
+    device = resolve_device(device)
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+
+    cfg = read_yaml_config(config_path)
+    text_kw = dict(cfg.get("text_encoder_kwargs", {}))
+    vae_kw = dict(cfg.get("vae_kwargs", {}))
+    clip_kw = dict(cfg.get("image_encoder_kwargs", {}))
+    subpaths = {
+        "vae_subpath": vae_kw.get("vae_subpath"),
+        "t5_subpath": text_kw.get("text_encoder_subpath"),
+        "clip_subpath": clip_kw.get("image_encoder_subpath"),
+        "tokenizer_subpath": text_kw.get("tokenizer_subpath"),
+    }
+    paths = CheckpointPaths.from_args(pretrained_model_name_or_path, transformer_path, wav2vec_path, **{k: v for k, v in subpaths.items() if v})
+
+    from wan.models.clip import CLIPVisionEncoder
+    from wan.models.t5 import T5_PRESETS, WanT5Encoder
+    from wan.models.vae import WanVAE
+
+    # The size floors that catch truncated downloads hold for the released sizes only; a yaml that
+    # declares smaller models (the tiny test folders) drops them. Headers are checked either way.
+    t5_fields = _accepted(WanT5Encoder, text_kw)
+    small = bool(_accepted(CLIPVisionEncoder, clip_kw) or _accepted(WanVAE, vae_kw)) or any(
+        T5_PRESETS["umt5-xxl"].get(k) != v for k, v in t5_fields.items()
+    )
+    paths.validate(min_bytes={"vae": 0, "t5": 0, "clip": 0, "transformer": 0} if small else None)
+
+    # Components are loaded on the CPU; the memory mode then places them.
+    tokenizer = load_tokenizer(paths.tokenizer_dir)
+    text_encoder = load_t5_encoder(paths.t5, dtype=dtype, preset="umt5-xxl", **t5_fields)
+    vae = load_vae(paths.vae, dtype=torch.float32, **_accepted(WanVAE, vae_kw))
+    clip = load_clip_image_encoder(paths.clip, dtype=torch.float32, **_accepted(CLIPVisionEncoder, clip_kw))
+    transformer = load_transformer(paths.base_dir, paths.transformer_path, dtype=dtype)
+    wav2vec = Wav2VecFeatureExtractor(paths.wav2vec_dir)
+    scheduler = build_scheduler(cfg.get("scheduler_kwargs"))
+
+    pipe = StableAvatarPipeline(tokenizer, text_encoder, vae, transformer, clip, scheduler, wav2vec)
+    from wan.runtime.memory import apply_memory_mode
+
+    apply_memory_mode(pipe, memory_mode, device)
+    if teacache_threshold:
+        logger.warning("TeaCache is not available yet; --enable_teacache is ignored")
+    return pipe

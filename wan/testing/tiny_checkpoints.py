@@ -1,0 +1,138 @@
+"""Write a complete, tiny checkpoint folder in the original layout.
+
+    python -m wan.testing.tiny_checkpoints DIR
+
+DIR gets what the real download gives, with recipe-filled models small enough to run the whole
+``inference.py`` on a CPU in seconds::
+
+    DIR/Wan2.1-Fun-V1.1-1.3B-InP/   config.json, diffusion_pytorch_model.safetensors (base DiT, no
+                                    audio keys), Wan2.1_VAE.pth, models_t5_umt5-xxl-enc-bf16.pth,
+                                    models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth,
+                                    google/umt5-xxl/ (tokenizer)
+    DIR/wav2vec2-base-960h/          config + processor files + weights
+    DIR/StableAvatar-1.3B/transformer3d-square.pt   every DiT key, as the release
+    DIR/wan_civitai_tiny.yaml        --config_path: the yaml with the tiny umT5/CLIP/VAE sizes
+
+The outputs are noise-like videos (the weights are not trained); the folder exists to test the
+code paths end to end: loading, validation, the pipeline, the mp4 with sound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from wan.testing.recipe import fill_state_dict
+
+BASE = "Wan2.1-Fun-V1.1-1.3B-InP"
+TINY_DIT = dict(dim=64, ffn_dim=96, num_heads=4, num_layers=2, text_dim=32, audio_in_dim=32, audio_proj_dim=64, audio_adapter_heads=4, clip_dim=32)
+TINY_T5 = dict(vocab=256, dim=32, dim_attn=32, dim_ffn=64, num_heads=4, num_layers=1, num_buckets=32, shared_pos=False, dropout=0.0)
+TINY_CLIP = dict(image_size=32, patch_size=2, dim=32, mlp_ratio=2, num_heads=4, num_layers=2, out_dim=16)  # 16x16 patches + 1 = 257 tokens
+TINY_VAE = dict(base_dim=8)
+TINY_WAV2VEC = dict(
+    vocab_size=32, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
+    conv_dim=[16] * 7, conv_stride=[5, 2, 2, 2, 2, 2, 2], conv_kernel=[10, 3, 3, 3, 3, 2, 2], conv_bias=False,
+    num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, feat_extract_norm="group", do_stable_layer_norm=False,
+)  # fmt: skip
+WORDS = (
+    "a an the woman man person girl boy with short long brown black blond hair is are speaking singing talking to "
+    "camera in bright dark room calm happy expression face smiling looking at and of on middle aged young old "
+    "wearing shirt white red blue green background light studio lips moving natural"
+).split()
+
+
+def write_tokenizer(folder: Path) -> None:
+    """A word-level stand-in for google/umt5-xxl: pad 0, </s> 1 appended, unk 2; loads with AutoTokenizer."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
+    for word in WORDS:
+        vocab.setdefault(word, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = None
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", model_max_length=512)
+    fast.save_pretrained(str(folder))
+
+
+def write_wav2vec(folder: Path) -> None:
+    from transformers import Wav2Vec2Config, Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2Model, Wav2Vec2Processor
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model = fill_state_dict(Wav2Vec2Model(Wav2Vec2Config(**TINY_WAV2VEC)))
+    model.save_pretrained(str(folder))
+    letters = ["<pad>", "<s>", "</s>", "<unk>", "|"] + [chr(c) for c in range(ord("A"), ord("Z") + 1)] + ["'"]
+    (folder / "vocab.json").write_text(json.dumps({c: i for i, c in enumerate(letters)}))
+    tokenizer = Wav2Vec2CTCTokenizer(str(folder / "vocab.json"))
+    features = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True, return_attention_mask=False)
+    Wav2Vec2Processor(feature_extractor=features, tokenizer=tokenizer).save_pretrained(str(folder))
+
+
+def write_yaml(path: Path) -> None:
+    repo_yaml = Path(__file__).resolve().parents[2] / "deepspeed_config" / "wan2.1" / "wan_civitai.yaml"
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(repo_yaml) if repo_yaml.is_file() else OmegaConf.create({})
+    cfg.text_encoder_kwargs = {**OmegaConf.to_container(cfg.get("text_encoder_kwargs", {})), **TINY_T5}
+    cfg.image_encoder_kwargs = {**OmegaConf.to_container(cfg.get("image_encoder_kwargs", {})), **TINY_CLIP}
+    cfg.vae_kwargs = {**OmegaConf.to_container(cfg.get("vae_kwargs", {})), **TINY_VAE}
+    OmegaConf.save(cfg, path)
+
+
+@torch.no_grad()
+def write_tiny_checkpoints(root: str | Path) -> dict[str, Path]:
+    """Write the tiny folder under ``root``; returns the paths inference.py needs."""
+    from wan.configs import transformer_config
+    from wan.models.clip import CLIPVisionEncoder
+    from wan.models.t5 import WanT5Encoder
+    from wan.models.transformer import WanAvatarTransformer3DModel
+    from wan.models.vae import WanVAE
+
+    root = Path(root)
+    base = root / BASE
+    base.mkdir(parents=True, exist_ok=True)
+
+    dit = fill_state_dict(WanAvatarTransformer3DModel(**transformer_config("1.3B", **TINY_DIT)))
+    state = dit.state_dict()
+    (base / "config.json").write_text(json.dumps({"_class_name": type(dit).__name__, **dit.config}, default=list, indent=1))
+    save_file({k: v.contiguous() for k, v in state.items() if "vocal" not in k}, str(base / "diffusion_pytorch_model.safetensors"))
+    (root / "StableAvatar-1.3B").mkdir(exist_ok=True)
+    torch.save({k: v.to(torch.bfloat16) for k, v in state.items()}, root / "StableAvatar-1.3B" / "transformer3d-square.pt")
+
+    vae = fill_state_dict(WanVAE(**TINY_VAE))
+    torch.save({k.removeprefix("model."): v for k, v in vae.state_dict().items()}, base / "Wan2.1_VAE.pth")
+    t5 = fill_state_dict(WanT5Encoder(**TINY_T5))
+    torch.save({k: v.to(torch.bfloat16) for k, v in t5.state_dict().items()}, base / "models_t5_umt5-xxl-enc-bf16.pth")
+    clip = fill_state_dict(CLIPVisionEncoder(**TINY_CLIP))
+    clip_state = {k.removeprefix("model."): v for k, v in clip.state_dict().items()}
+    clip_state["log_scale"] = torch.tensor(4.6)  # the release keeps the unused text tower and logit scale
+    torch.save(clip_state, base / "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth")
+    write_tokenizer(base / "google" / "umt5-xxl")
+    write_wav2vec(root / "wav2vec2-base-960h")
+    write_yaml(root / "wan_civitai_tiny.yaml")
+    return {
+        "pretrained_model_name_or_path": base,
+        "transformer_path": root / "StableAvatar-1.3B" / "transformer3d-square.pt",
+        "pretrained_wav2vec_path": root / "wav2vec2-base-960h",
+        "config_path": root / "wan_civitai_tiny.yaml",
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m wan.testing.tiny_checkpoints", description=__doc__.split("\n\n")[0])
+    parser.add_argument("dir", help="folder to write (created)")
+    args = parser.parse_args(argv)
+    paths = write_tiny_checkpoints(args.dir)
+    flags = " ".join(f"--{k}={v}" for k, v in paths.items())
+    print(f"tiny checkpoints written to {args.dir}\nrun: python inference.py {flags} --validation_reference_path=examples/case-2/reference.png "
+          f"--validation_driven_audio_path=examples/case-2/audio.wav --output_dir=outputs/tiny --sample_steps=2 --device=cpu")
+
+
+if __name__ == "__main__":
+    main()
