@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 from safetensors.torch import load_file
 
@@ -25,6 +24,12 @@ def case_extractor() -> Wav2VecFeatureExtractor:
     return Wav2VecFeatureExtractor(PIPELINE / "wav2vec", model=recipe_wav2vec(PIPELINE / "wav2vec"))
 
 
+def _write_wav(path, data: np.ndarray, rate: int, **kwargs) -> None:
+    import soundfile as sf  # imported here so the GPU-only test collects where soundfile is absent
+
+    sf.write(path, data, rate, **kwargs)
+
+
 def _tone(rate: int, seconds: float, freq: float = 440.0) -> np.ndarray:
     t = np.arange(int(rate * seconds)) / rate
     return np.sin(2 * np.pi * freq * t).astype(np.float32)
@@ -38,7 +43,7 @@ def _peak_hz(samples: np.ndarray, rate: int = 16000) -> float:
 def test_load_audio_stereo_44k_to_16k_mono(tmp_path):
     tone = _tone(44100, 1.0)
     path = tmp_path / "stereo.wav"
-    sf.write(path, np.stack([0.6 * tone, 0.2 * tone], axis=1), 44100)
+    _write_wav(path, np.stack([0.6 * tone, 0.2 * tone], axis=1), 44100)
     samples = load_audio(path)
     assert samples.dtype == np.float32 and samples.ndim == 1 and samples.size == 16000
     assert abs(_peak_hz(samples) - 440.0) <= 1.0
@@ -48,7 +53,7 @@ def test_load_audio_stereo_44k_to_16k_mono(tmp_path):
 
 def test_load_audio_8k_int16(tmp_path):
     path = tmp_path / "low.wav"
-    sf.write(path, (_tone(8000, 0.5, 300.0) * 20000).astype(np.int16), 8000, subtype="PCM_16")
+    _write_wav(path, (_tone(8000, 0.5, 300.0) * 20000).astype(np.int16), 8000, subtype="PCM_16")
     samples = load_audio(path)
     assert samples.size == 8000 and abs(_peak_hz(samples) - 300.0) <= 2.0
 
@@ -57,7 +62,7 @@ def test_load_audio_errors_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothere.wav"):
         load_audio(tmp_path / "nothere.wav")
     silent = tmp_path / "silent.wav"
-    sf.write(silent, np.zeros(16000, dtype=np.float32), 16000)
+    _write_wav(silent, np.zeros(16000, dtype=np.float32), 16000)
     with pytest.raises(ValueError, match=r"silent\.wav is silent"):
         load_audio(silent)
     broken = tmp_path / "broken.wav"
@@ -124,3 +129,13 @@ def test_load_from_saved_folder(tmp_path, case_extractor):
     loaded = Wav2VecFeatureExtractor(folder)
     audio = _tone(16000, 0.5) * 0.3
     torch.testing.assert_close(loaded(audio), case_extractor(audio), rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+def test_wav2vec_on_cuda_matches_pipeline_case():
+    extractor = Wav2VecFeatureExtractor(PIPELINE / "wav2vec", device="cuda", model=recipe_wav2vec(PIPELINE / "wav2vec"))
+    audio = load_file(str(PIPELINE / "inputs.safetensors"))["audio_16k"].numpy()
+    want = load_file(str(PIPELINE / "outputs.safetensors"))["wav2vec_hidden_s0_w0"].double()
+    got = extractor.window(audio, 0, 12800)
+    assert got.device.type == "cuda" and got.dtype == torch.float32
+    assert (got.double().cpu() - want).norm() / want.norm() < 1e-4

@@ -110,3 +110,22 @@ def test_bf16_image_into_fp32_tower():
     with torch.no_grad():
         out = model(image)
     assert out.dtype == torch.float32
+
+
+@pytest.mark.gpu
+def test_clip_small_on_cuda():
+    """float32 tower on the GPU, fed a float32 and (as the original pipeline does) a bf16 image."""
+    from tests.conftest import CASES
+    from wan.golden import GoldenCase
+    from wan.testing.golden_encoders import clip_config, recipe_filled
+
+    case = GoldenCase.load(CASES / "clip_small")
+    ref = case.reference()["out"].double()
+    model = recipe_filled(lambda: CLIPVisionEncoder(**clip_config(case.meta["constructor"]))).cuda()
+    image = case.inputs["image"].cuda()
+    with torch.no_grad():
+        out32 = model([image]).double().cpu()
+        out16 = model([image.to(torch.bfloat16)])
+    assert out16.dtype == torch.float32
+    assert (out32 - ref).norm() / ref.norm() < 2e-3  # cuDNN may run the patch conv in TF32
+    assert (out16.double().cpu() - ref).norm() / ref.norm() < 3e-2

@@ -116,3 +116,18 @@ def test_load_t5_encoder_from_bf16_file(tmp_path):
 def test_missing_tokenizer_names_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="umt5-xxl"):
         load_tokenizer(tmp_path / "Wan2.1-Fun-V1.1-1.3B-InP" / "google" / "umt5-xxl")
+
+
+@pytest.mark.gpu
+def test_t5_on_cuda_fp32_and_bf16():
+    from wan.golden import GoldenCase
+
+    case = GoldenCase.load(CASES / "t5")
+    ref = case.reference()["out_b"].double()
+    model = fill_state_dict(WanT5Encoder(**case.meta["constructor"])).eval().cuda()
+    ids, mask = case.inputs["ids_b"].cuda(), case.inputs["mask_b"].cuda()
+    with torch.no_grad():
+        out32 = model(ids, attention_mask=mask).double().cpu()
+        out16 = torch.nn.Module.to(model, torch.bfloat16)(ids, attention_mask=mask)
+    assert (out32 - ref).norm() / ref.norm() < 1e-4
+    assert out16.dtype == torch.bfloat16 and (out16.double().cpu() - ref).norm() / ref.norm() < 6e-2
