@@ -54,12 +54,17 @@ def clip_config(factory_overrides: dict | None) -> dict:
     return {_CLIP_FACTORY_TO_CONFIG[k]: v for k, v in (factory_overrides or {}).items() if k in _CLIP_FACTORY_TO_CONFIG}
 
 
+def clip_config_from_case(meta: dict) -> dict:
+    """``clip_config`` of a case's ``constructor`` (``"CLIPModel()"`` for full size, or the overrides dict)."""
+    ctor = meta["constructor"]
+    return clip_config(ctor if isinstance(ctor, dict) else None)
+
+
 def run_clip(case: GoldenCase) -> dict[str, torch.Tensor]:
     """CLIP visual tower as the pipeline calls it: a list with one [3, 1, H, W] image in [-1, 1]."""
     from wan.models.clip import CLIPVisionEncoder
 
-    ctor = case.meta["constructor"]  # "CLIPModel()" (full size) or a dict of factory overrides
-    config = clip_config(ctor if isinstance(ctor, dict) else None)
+    config = clip_config_from_case(case.meta)
     model = recipe_filled(lambda: CLIPVisionEncoder(**config))
     try:
         out = model([case.inputs["image"]])
