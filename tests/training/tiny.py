@@ -160,6 +160,7 @@ def run(list_file: str, output_dir: str, result: str, overrides_json: str) -> No
     trainer = Trainer(cfg, tiny_transformer(), tiny_encoders())
     losses = trainer.fit()
     if trainer.accelerator.is_main_process:
+        Path(result).parent.mkdir(parents=True, exist_ok=True)
         Path(result).write_text(json.dumps({"losses": losses, "world": trainer.accelerator.num_processes}))
 
 

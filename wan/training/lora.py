@@ -30,6 +30,14 @@ def lora_target_modules(model: nn.Module) -> list[str]:
     return [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and not any(w in n for w in AUDIO_WORDS)]
 
 
+def exact_names_pattern(names: list[str]) -> str:
+    """A peft ``target_modules`` regex matching exactly these qualified names (a list would also
+    match any module whose name merely ends with one, e.g. inside ``vocal_projector``)."""
+    import re
+
+    return "^(" + "|".join(re.escape(n) for n in names) + ")$"
+
+
 def is_audio_param(name: str) -> bool:
     return any(w in name for w in AUDIO_WORDS)
 
@@ -40,7 +48,7 @@ def add_lora(model: nn.Module, rank: int, alpha: float) -> list[str]:
     from peft import LoraConfig, inject_adapter_in_model
 
     targets = lora_target_modules(model)
-    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, lora_dropout=0.0, init_lora_weights=True)
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=exact_names_pattern(targets), lora_dropout=0.0, init_lora_weights=True)
     inject_adapter_in_model(config, model, adapter_name=ADAPTER_NAME)
     for name, p in model.named_parameters():
         p.requires_grad_("lora_" in name or is_audio_param(name))
@@ -128,17 +136,11 @@ def load_lora_into(transformer: nn.Module, path: str | os.PathLike, scale: float
 
     from peft import LoraConfig, inject_adapter_in_model
 
-    ranks = {name: d.shape[0] for name, (d, _, _) in loras.items()}
-    alphas = {name: float(a) if a is not None else float(ranks[name]) for name, (_, _, a) in loras.items()}
-    r0 = next(iter(ranks.values()))
-    a0 = next(iter(alphas.values()))
-    config = LoraConfig(
-        r=r0,
-        lora_alpha=a0,
-        target_modules=sorted(loras),
-        rank_pattern={f"^{n}$": r for n, r in ranks.items() if r != r0},
-        alpha_pattern={f"^{n}$": a for n, a in alphas.items() if a != a0},
-    )
+    settings = {(d.shape[0], float(a) if a is not None else float(d.shape[0])) for d, _, a in loras.values()}
+    if len(settings) != 1:
+        raise ValueError(f"{path}: LoRA layers with different rank/alpha {sorted(settings)}; load it with merge=True")
+    (rank, alpha), = settings
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=exact_names_pattern(sorted(loras)))
     inject_adapter_in_model(config, transformer, adapter_name=ADAPTER_NAME)
     layers = _lora_layers(transformer)
     with torch.no_grad():

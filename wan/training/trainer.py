@@ -149,6 +149,8 @@ class Trainer:
         self.accelerator = acc = make_accelerator(cfg)
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if acc.is_local_main_process else logging.WARNING)
         self.device = acc.device
+        if acc.is_main_process:
+            os.makedirs(cfg.checkpoint.output_dir, exist_ok=True)
         self.dtype = {"bf16": torch.bfloat16}.get(acc.mixed_precision, torch.float32)
         if cfg.optim.allow_tf32 and torch.cuda.is_available():
             torch.backends.cuda.matmul.allow_tf32 = True
