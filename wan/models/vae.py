@@ -294,7 +294,8 @@ class WanVAE(ModelMixin, ConfigMixin):
         decoder of diffusers runs instead (not the original's numerics; always clamps).
         """
         self._check_latents(latents, self.config.z_dim)
-        if self.model.use_tiling:
+        tile_h, tile_w = self.model.tile_sample_min_height // SPATIAL_STRIDE, self.model.tile_sample_min_width // SPATIAL_STRIDE
+        if self.model.use_tiling and (latents.shape[3] > tile_h or latents.shape[4] > tile_w):
             return self.model.tiled_decode(self.denormalize_latents(latents)).sample
         out = None
         for b in range(latents.shape[0]):
@@ -307,6 +308,7 @@ class WanVAE(ModelMixin, ConfigMixin):
                 t0 += chunk.shape[2]
         return out.clamp_(-1.0, 1.0) if clamp else out
 
+    @apply_forward_hook
     @torch.no_grad()
     def stream_decode(self, latents: torch.Tensor, clamp: bool = True) -> Iterator[torch.Tensor]:
         """Decode chunk by chunk, never holding the whole video.
@@ -361,8 +363,11 @@ def _accept_wan_keys(module: WanVAE, state_dict: dict, prefix: str, *args) -> No
 # ---------------------------------------------------------------------------------------------
 
 
-def load_vae(path: str | os.PathLike, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> WanVAE:
+def load_vae(path: str | os.PathLike, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", **config) -> WanVAE:
     """Load ``Wan2.1_VAE.pth`` (keys without ``model.``) into a WanVAE, strictly.
+
+    ``config`` overrides WanVAE's constructor arguments (the release layout by default; the
+    tiny test checkpoints set ``base_dim``).
 
     Also accepts a file whose keys already carry ``model.`` (our own ``state_dict()``) and a
     diffusers-format VAE (``vae/diffusion_pytorch_model.safetensors`` of the ``-Diffusers``
@@ -373,10 +378,11 @@ def load_vae(path: str | os.PathLike, dtype: torch.dtype = torch.float32, device
     state = load_state_dict_file(path)
     state = {k if k.startswith("model.") else f"model.{k}": v for k, v in state.items()}
     with torch.device("meta"):
-        vae = WanVAE()
+        vae = WanVAE(**config)
     state = {vae.wan_key(k): v for k, v in state.items()}  # diffusers-format keys -> Wan keys
     load_into(vae, state, source=str(path), strict=True, assign=True)
     meta = [name for name, p in vae.named_parameters() if p.is_meta]
     if meta:
         raise CheckpointError(f"{path}: {len(meta)} parameters were not loaded, e.g. {meta[:3]}")
-    return vae.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    # nn.Module.to: diffusers' ModelMixin.to warns about fp32 modules on every dtype cast, even with none.
+    return torch.nn.Module.to(vae, device=device, dtype=dtype).eval().requires_grad_(False)
