@@ -307,11 +307,10 @@ def validate(args: argparse.Namespace, check_checkpoints: bool = True) -> None:
     # 3. Every weight file (last: the slowest check, and the flags above name simpler mistakes).
     if check_checkpoints:  # presence, headers and sizes only: well under a second
         from wan.models.loading import CheckpointError
-        from wan.pipelines.checkpoints import CheckpointPaths
+        from wan.pipelines.loading import checked_checkpoints
 
-        paths = CheckpointPaths.from_args(args.pretrained_model_name_or_path, args.transformer_path, args.pretrained_wav2vec_path)
         try:
-            paths.validate()
+            checked_checkpoints(args.pretrained_model_name_or_path, args.transformer_path, args.pretrained_wav2vec_path, args.config_path)
         except CheckpointError as err:
             raise InferenceArgumentError(str(err)) from None
 

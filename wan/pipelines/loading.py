@@ -64,6 +64,38 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return torch.device("cpu")
 
 
+def checked_checkpoints(
+    pretrained_model_name_or_path: str | os.PathLike,
+    transformer_path: str | os.PathLike | None = None,
+    wav2vec_path: str | os.PathLike | None = None,
+    config_path: str | os.PathLike | None = None,
+) -> tuple[CheckpointPaths, dict[str, Any]]:
+    """The checkpoint layout for these flags, validated (every file present and readable), and the yaml.
+
+    Raises CheckpointError listing every problem with its download command. The size floors that
+    catch truncated downloads hold for the released sizes only; a yaml that declares smaller models
+    (the tiny test folders) drops them, headers are checked either way.
+    """
+    from wan.models.clip import CLIPVisionEncoder
+    from wan.models.t5 import T5_PRESETS, WanT5Encoder
+    from wan.models.vae import WanVAE
+
+    cfg = read_yaml_config(config_path)
+    text_kw, vae_kw, clip_kw = (dict(cfg.get(k, {})) for k in ("text_encoder_kwargs", "vae_kwargs", "image_encoder_kwargs"))
+    subpaths = {
+        "vae_subpath": vae_kw.get("vae_subpath"),
+        "t5_subpath": text_kw.get("text_encoder_subpath"),
+        "clip_subpath": clip_kw.get("image_encoder_subpath"),
+        "tokenizer_subpath": text_kw.get("tokenizer_subpath"),
+    }
+    paths = CheckpointPaths.from_args(pretrained_model_name_or_path, transformer_path, wav2vec_path, **{k: v for k, v in subpaths.items() if v})
+    small = bool(_accepted(CLIPVisionEncoder, clip_kw) or _accepted(WanVAE, vae_kw)) or any(
+        T5_PRESETS["umt5-xxl"].get(k) != v for k, v in _accepted(WanT5Encoder, text_kw).items()
+    )
+    paths.validate(min_bytes={"vae": 0, "t5": 0, "clip": 0, "transformer": 0} if small else None)
+    return paths, cfg
+
+
 def load_pipeline(
     pretrained_model_name_or_path: str | os.PathLike,
     transformer_path: str | os.PathLike | None = None,
@@ -90,10 +122,10 @@ def load_pipeline(
     """
     from wan.audio import Wav2VecFeatureExtractor
     from wan.models.attention import set_attention_backend
-    from wan.models.clip import load_clip_image_encoder
-    from wan.models.t5 import load_t5_encoder, load_tokenizer
+    from wan.models.clip import CLIPVisionEncoder, load_clip_image_encoder
+    from wan.models.t5 import WanT5Encoder, load_t5_encoder, load_tokenizer
     from wan.models.transformer import load_transformer
-    from wan.models.vae import load_vae
+    from wan.models.vae import WanVAE, load_vae
     from wan.pipelines.pipeline_stableavatar import StableAvatarPipeline
     from wan.pipelines.scheduling import build_scheduler
 
@@ -106,33 +138,12 @@ def load_pipeline(
     device = resolve_device(device)
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
 
-    cfg = read_yaml_config(config_path)
-    text_kw = dict(cfg.get("text_encoder_kwargs", {}))
-    vae_kw = dict(cfg.get("vae_kwargs", {}))
-    clip_kw = dict(cfg.get("image_encoder_kwargs", {}))
-    subpaths = {
-        "vae_subpath": vae_kw.get("vae_subpath"),
-        "t5_subpath": text_kw.get("text_encoder_subpath"),
-        "clip_subpath": clip_kw.get("image_encoder_subpath"),
-        "tokenizer_subpath": text_kw.get("tokenizer_subpath"),
-    }
-    paths = CheckpointPaths.from_args(pretrained_model_name_or_path, transformer_path, wav2vec_path, **{k: v for k, v in subpaths.items() if v})
-
-    from wan.models.clip import CLIPVisionEncoder
-    from wan.models.t5 import T5_PRESETS, WanT5Encoder
-    from wan.models.vae import WanVAE
-
-    # The size floors that catch truncated downloads hold for the released sizes only; a yaml that
-    # declares smaller models (the tiny test folders) drops them. Headers are checked either way.
-    t5_fields = _accepted(WanT5Encoder, text_kw)
-    small = bool(_accepted(CLIPVisionEncoder, clip_kw) or _accepted(WanVAE, vae_kw)) or any(
-        T5_PRESETS["umt5-xxl"].get(k) != v for k, v in t5_fields.items()
-    )
-    paths.validate(min_bytes={"vae": 0, "t5": 0, "clip": 0, "transformer": 0} if small else None)
+    paths, cfg = checked_checkpoints(pretrained_model_name_or_path, transformer_path, wav2vec_path, config_path)
+    text_kw, vae_kw, clip_kw = (dict(cfg.get(k, {})) for k in ("text_encoder_kwargs", "vae_kwargs", "image_encoder_kwargs"))
 
     # Components are loaded on the CPU; the memory mode then places them.
     tokenizer = load_tokenizer(paths.tokenizer_dir)
-    text_encoder = load_t5_encoder(paths.t5, dtype=dtype, preset="umt5-xxl", **t5_fields)
+    text_encoder = load_t5_encoder(paths.t5, dtype=dtype, preset="umt5-xxl", **_accepted(WanT5Encoder, text_kw))
     vae = load_vae(paths.vae, dtype=torch.float32, **_accepted(WanVAE, vae_kw))
     clip = load_clip_image_encoder(paths.clip, dtype=torch.float32, **_accepted(CLIPVisionEncoder, clip_kw))
     transformer = load_transformer(paths.base_dir, paths.transformer_path, dtype=dtype)

@@ -63,6 +63,21 @@ class StableAvatarPipelineOutput(BaseOutput):
     latents: torch.Tensor
 
 
+@dataclass
+class WindowConditions:
+    """What every window's DiT call shares within one generation."""
+
+    context: list[torch.Tensor]  # [negative, negative, positive] umT5 embeddings [L_i, 4096]
+    clip_context: torch.Tensor  # [3, 257, 1280]
+    y: torch.Tensor  # [3, 20, frames_per_window, H/8, W/8]
+    audio_features: dict[int, torch.Tensor]  # window index -> wav2vec last_hidden_state [1, N, 768]
+    seq_len: int
+    clip_length: int
+    text_guide_scale: float
+    audio_guide_scale: float
+    weight_dtype: torch.dtype
+
+
 # Called after every denoising step with (pipeline, step_index, timestep, latents_all).
 StepCallback = Callable[["StableAvatarPipeline", int, torch.Tensor, torch.Tensor], None]
 
@@ -150,38 +165,36 @@ class StableAvatarPipeline(DiffusionPipeline):
 
     # -- one window ----------------------------------------------------------------------------
 
-    def denoise_window(
-        self,
-        latents: torch.Tensor,
-        t: torch.Tensor,
-        window: Window,
-        context: list[torch.Tensor],
-        clip_context: torch.Tensor,
-        y: torch.Tensor,
-        audio_features: torch.Tensor,
-        seq_len: int,
-        clip_length: int,
-        text_guide_scale: float,
-        audio_guide_scale: float,
-        weight_dtype: torch.dtype,
-    ) -> torch.Tensor:
+    def denoise_window(self, latents: torch.Tensor, t: torch.Tensor, window: Window, cond: WindowConditions) -> torch.Tensor:
         """Guided velocity [1, 16, f, H/8, W/8] for one window's latents [1, 16, f, H/8, W/8]."""
         f = window.num_frames
         device = latents.device
-        vocal = torch.cat([torch.zeros_like(audio_features), audio_features, audio_features]).to(device)
-        with torch.autocast(device_type=device.type, dtype=weight_dtype, enabled=device.type == "cuda"):
+        audio = cond.audio_features[window.index].to(device)
+        vocal = torch.cat([torch.zeros_like(audio), audio, audio])
+        with torch.autocast(device_type=device.type, dtype=cond.weight_dtype, enabled=device.type == "cuda"):
             noise_pred = self.transformer(
                 x=latents.repeat(3, 1, 1, 1, 1),
                 t=t.expand(3),
-                context=context,
-                seq_len=seq_len,
-                clip_fea=clip_context,
-                y=y[:, :, :f],
+                context=cond.context,
+                seq_len=cond.seq_len,
+                clip_fea=cond.clip_context,
+                y=cond.y[:, :, :f],
                 vocal_embeddings=vocal,
                 is_clip_level_modeling=False,
-                video_sample_n_frames=clip_length,
+                video_sample_n_frames=cond.clip_length,
             )
-        return combine_guidance(noise_pred, audio_scale=audio_guide_scale, text_scale=text_guide_scale)
+        return combine_guidance(noise_pred, audio_scale=cond.audio_guide_scale, text_scale=cond.text_guide_scale)
+
+    def predict_windows(
+        self, latents_all: torch.Tensor, t: torch.Tensor, windows: list[Window], cond: WindowConditions, progress: Callable[[], object] | None = None
+    ) -> list[torch.Tensor]:
+        """Guided velocities of every window at timestep ``t``, from the previous step's latents."""
+        out = []
+        for window in windows:
+            out.append(self.denoise_window(latents_all[:, :, window.latent_slice], t, window, cond))
+            if progress is not None:
+                progress()
+        return out
 
     # -- __call__ ------------------------------------------------------------------------------
 
@@ -249,21 +262,20 @@ class StableAvatarPipeline(DiffusionPipeline):
         # 4. Denoising: every step visits every window, left to right.
         if start_step:
             logger.info(f"resuming at step {start_step} of {num_inference_steps}")
+        cond = WindowConditions(context, clip_context, y, features, seq_len, clip_length, text_guide_scale, audio_guide_scale, weight_dtype)
         with self.progress_bar(total=(num_inference_steps - start_step) * len(windows)) as bar:
             for i, t in enumerate(timesteps):
                 if i < start_step:
                     continue
+                bar.set_postfix_str(f"step {i + 1}/{num_inference_steps}, {len(windows)} windows")
+                # (a) The DiT calls: each window reads only the previous step's latents, so they are
+                #     independent (the seam for window-parallel multi-GPU runs).
+                guided = self.predict_windows(latents_all, t, windows, cond, progress=bar.update)
+                # (b) Left to right: Euler step, blend with what the previous window wrote, bf16 round.
                 prediction = torch.zeros_like(latents_all)
-                for window in windows:
-                    bar.set_postfix_str(f"step {i + 1}/{num_inference_steps}, window {window.index + 1}/{len(windows)}")
-                    window_latents = latents_all[:, :, window.latent_slice]
-                    guided = self.denoise_window(
-                        window_latents, t, window, context, clip_context, y, features[window.index], seq_len, clip_length,
-                        text_guide_scale, audio_guide_scale, weight_dtype,
-                    )  # fmt: skip
-                    stepped = step_window(self.scheduler, guided, t, window_latents)
+                for window, velocity in zip(windows, guided):
+                    stepped = step_window(self.scheduler, velocity, t, latents_all[:, :, window.latent_slice])
                     merge_window(prediction, stepped, window, weights, blend=i != 0)
-                    bar.update()
                 latents_all = prediction
                 if callback_on_step_end is not None:
                     callback_on_step_end(self, i, t, latents_all)

@@ -1,0 +1,86 @@
+"""The end-to-end pipeline: golden cases against the original, edge cases, streaming output."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import assert_golden
+
+
+@pytest.mark.slow
+def test_golden_pipeline_uniform():
+    """4 windows (the last shorter), 3 steps, uniform blend: final latents and the decoded video."""
+    assert_golden("pipeline")
+
+
+@pytest.mark.slow
+def test_golden_pipeline_log():
+    assert_golden("pipeline_log")
+
+
+@pytest.fixture(scope="module")
+def tiny_pipe(tmp_path_factory):
+    from wan.pipelines import load_pipeline
+    from wan.testing.tiny_checkpoints import write_tiny_checkpoints
+
+    paths = write_tiny_checkpoints(tmp_path_factory.mktemp("tiny"))
+    return load_pipeline(
+        paths["pretrained_model_name_or_path"], paths["transformer_path"], paths["pretrained_wav2vec_path"], paths["config_path"], device="cpu"
+    )
+
+
+def _speech(seconds: float) -> np.ndarray:
+    from tests.conftest import EXAMPLES
+    from wan.audio import load_audio
+
+    audio = load_audio(EXAMPLES / "case-2" / "audio.wav")
+    return audio[: int(seconds * 16000)]
+
+
+def _run(pipe, audio, **kw):
+    kw = {"height": 32, "width": 32, "num_inference_steps": 2, "clip_length": 17, "overlap_window_length": 2, "output_type": "latent", **kw}
+    return pipe(image=str(_reference()), audio=audio, generator=torch.Generator().manual_seed(0), **kw)
+
+
+def _reference():
+    from tests.conftest import EXAMPLES
+
+    return EXAMPLES / "case-2" / "reference.png"
+
+
+def test_audio_shorter_than_one_window_gives_one_short_window(tiny_pipe):
+    """1 s of audio (25 frames -> 7 latent frames) is shorter than a 17-frame window (5 latent
+    frames)... use a 33-frame window (9 latent): the original produced nothing; we run one window."""
+    out = _run(tiny_pipe, _speech(1.0), clip_length=33)
+    assert out.latents.shape[2] == 7
+    assert torch.isfinite(out.latents).all() and out.latents.abs().sum() > 0
+
+
+@pytest.mark.parametrize("frames", [81, 84])
+def test_audio_of_exactly_one_window_finishes(tiny_pipe, frames):
+    """81-84 frames with an 81-frame window: the original loops forever; we run the one window."""
+    out = _run(tiny_pipe, _speech(frames * 640 / 16000 + 1e-4), clip_length=81, overlap_window_length=5)
+    assert out.latents.shape[2] == 21
+
+
+def test_stream_output_equals_whole_decode(tiny_pipe):
+    audio = _speech(1.2)
+    whole = _run(tiny_pipe, audio, output_type="pt")
+    stream = _run(tiny_pipe, audio, output_type="stream")
+    frames = torch.cat([c.float() for c in stream.videos], dim=2)
+    torch.testing.assert_close((frames / 2 + 0.5).clamp(0, 1), whole.videos, rtol=0, atol=2e-6)
+    assert whole.videos.shape[2] == tiny_pipe.num_output_frames(len(audio))
+
+
+def test_bad_inputs_fail_before_any_model_runs(tiny_pipe, tmp_path):
+    audio = _speech(1.0)
+    with pytest.raises(ValueError, match="multiples of 16"):
+        _run(tiny_pipe, audio, height=40)
+    with pytest.raises(ValueError, match="4k\\+1"):
+        _run(tiny_pipe, audio, clip_length=16)
+    with pytest.raises(ValueError, match="overlap_window_length"):
+        _run(tiny_pipe, audio, overlap_window_length=5)
+    with pytest.raises(FileNotFoundError, match="nope.png"):
+        tiny_pipe(image=str(tmp_path / "nope.png"), audio=audio, height=32, width=32, num_inference_steps=1, clip_length=17, overlap_window_length=2)
