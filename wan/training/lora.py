@@ -23,6 +23,7 @@ import torch.nn as nn
 PREFIX = "lora_transformer__"
 AUDIO_WORDS = ("vocal", "audio")
 ADAPTER_NAME = "default"
+FP32_ISLANDS = ("time_embedding", "time_projection")
 
 
 def lora_target_modules(model: nn.Module) -> list[str]:
@@ -50,6 +51,12 @@ def add_lora(model: nn.Module, rank: int, alpha: float) -> list[str]:
     targets = lora_target_modules(model)
     config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=exact_names_pattern(targets), lora_dropout=0.0, init_lora_weights=True)
     inject_adapter_in_model(config, model, adapter_name=ADAPTER_NAME)
+    # The DiT runs its timestep MLPs as an fp32 island that upcasts plain Linear weights only; a
+    # LoRA-wrapped Linear there would see fp32 inputs with bf16 weights, so those stay fp32.
+    for name in FP32_ISLANDS:
+        island = getattr(model, name, None)
+        if island is not None:
+            island.float()
     for name, p in model.named_parameters():
         p.requires_grad_("lora_" in name or is_audio_param(name))
     return targets
