@@ -256,9 +256,8 @@ class WanAvatarTransformer3DModel(ModelMixin, ConfigMixin):
         sinusoid = sinusoidal_embedding_1d(self.freq_dim, t).float()
         # fp32 island: the original runs these MLPs under autocast(float32) with the (possibly
         # bf16) weights upcast.
-        with torch.autocast(device_type=sinusoid.device.type, enabled=False):
-            e = _fp32_sequential(self.time_embedding, sinusoid)
-            e0 = _fp32_sequential(self.time_projection, e).unflatten(1, (6, self.dim))
+        e = _fp32_sequential(self.time_embedding, sinusoid)
+        e0 = _fp32_sequential(self.time_projection, e).unflatten(1, (6, self.dim))
         return e.to(dtype), e0.to(dtype)
 
     def embed_context(self, context: list[torch.Tensor], clip_fea: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -372,7 +371,16 @@ class WanAvatarTransformer3DModel(ModelMixin, ConfigMixin):
 
 
 def _fp32_sequential(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-    """Run a Linear/activation Sequential in float32 whatever the weights' dtype."""
+    """Run a Linear/activation Sequential in float32 whatever the weights' dtype.
+
+    On CUDA this is the original's ``autocast(dtype=float32)``, which also covers wrapped layers
+    (peft LoRA); elsewhere float32 weights run as they are and plain Linears are upcast by hand.
+    """
+    if x.device.type == "cuda":
+        with torch.autocast("cuda", dtype=torch.float32):
+            return seq(x)
+    if all(p.dtype == torch.float32 for p in seq.parameters()):
+        return seq(x)
     for layer in seq:
         if isinstance(layer, nn.Linear):
             x = nn.functional.linear(x, layer.weight.float(), layer.bias.float() if layer.bias is not None else None)

@@ -23,6 +23,7 @@ The wav2vec features of a window do not depend on the step, so they are computed
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -61,6 +62,7 @@ class StableAvatarPipelineOutput(BaseOutput):
 
     videos: torch.Tensor | np.ndarray | Iterator[torch.Tensor] | None
     latents: torch.Tensor
+    windows: list[Window] | None = None  # the sliding-window schedule that was used
 
 
 @dataclass
@@ -94,6 +96,7 @@ class StableAvatarPipeline(DiffusionPipeline):
 
     model_cpu_offload_seq = "text_encoder->clip_image_encoder->vae->transformer->vae"
     _optional_components: list[str] = []
+    teacache = None  # a wan.models.teacache.TeaCache when enabled (enable_teacache)
 
     def __init__(self, tokenizer, text_encoder, vae, transformer, clip_image_encoder, scheduler, wav2vec):
         super().__init__()
@@ -171,7 +174,9 @@ class StableAvatarPipeline(DiffusionPipeline):
         device = latents.device
         audio = cond.audio_features[window.index].to(device)
         vocal = torch.cat([torch.zeros_like(audio), audio, audio])
-        with torch.autocast(device_type=device.type, dtype=cond.weight_dtype, enabled=device.type == "cuda"):
+        # TeaCache keeps one state per window: it is told which window (and step) this call is.
+        cache_scope = self.teacache.window(window.index, t) if self.teacache is not None else contextlib.nullcontext()
+        with cache_scope, torch.autocast(device_type=device.type, dtype=cond.weight_dtype, enabled=device.type == "cuda"):
             noise_pred = self.transformer(
                 x=latents.repeat(3, 1, 1, 1, 1),
                 t=t.expand(3),
@@ -219,6 +224,7 @@ class StableAvatarPipeline(DiffusionPipeline):
         output_type: str = "pt",
         callback_on_step_end: StepCallback | None = None,
         start_step: int = 0,
+        end_step: int | None = None,
         prompt_embeds: list[torch.Tensor] | None = None,
     ) -> StableAvatarPipelineOutput:
         """
@@ -231,6 +237,8 @@ class StableAvatarPipeline(DiffusionPipeline):
         output_type: "pt" | "np" (whole video in [0, 1]), "stream" (iterator of decoded chunks),
             "latent" (no decode).
         callback_on_step_end: called after every step with (pipe, step, t, latents_all).
+        end_step: stop after this many steps of the ``num_inference_steps`` schedule (benchmarks,
+            debugging; the result is then a partially denoised video).
         prompt_embeds: precomputed ``[negative, positive]`` umT5 embeddings ([L_i, 4096] each,
             trimmed), instead of ``prompt``/``negative_prompt``.
         """
@@ -255,6 +263,8 @@ class StableAvatarPipeline(DiffusionPipeline):
         clip_context, y = self.encode_reference(image, height, width, clip_length, device, weight_dtype)
         latents_all = self.prepare_latents(latent_frames, height, width, weight_dtype, device, generator, latents)
         timesteps = set_timesteps(self.scheduler, num_inference_steps, device=device)
+        if self.teacache is not None:
+            self.teacache.begin(timesteps)
         seq_len = window_seq_len(clip_length, height, width)
         weights = overlap_weights(overlap_window_length, overlapping_weight_scheme, dtype=latents_all.dtype)
         features = {w.index: self.wav2vec.window(samples, w.audio_start, w.audio_end) for w in windows}
@@ -263,10 +273,12 @@ class StableAvatarPipeline(DiffusionPipeline):
         if start_step:
             logger.info(f"resuming at step {start_step} of {num_inference_steps}")
         cond = WindowConditions(context, clip_context, y, features, seq_len, clip_length, text_guide_scale, audio_guide_scale, weight_dtype)
-        with self.progress_bar(total=(num_inference_steps - start_step) * len(windows)) as bar:
+        with self.progress_bar(total=((end_step or num_inference_steps) - start_step) * len(windows)) as bar:
             for i, t in enumerate(timesteps):
                 if i < start_step:
                     continue
+                if end_step is not None and i >= end_step:
+                    break
                 bar.set_postfix_str(f"step {i + 1}/{num_inference_steps}, {len(windows)} windows")
                 # (a) The DiT calls: each window reads only the previous step's latents, so they are
                 #     independent (the seam for window-parallel multi-GPU runs).
@@ -283,11 +295,11 @@ class StableAvatarPipeline(DiffusionPipeline):
         final = latents_all.float()
         self.maybe_free_model_hooks()
         if output_type == "latent":
-            return StableAvatarPipelineOutput(videos=None, latents=final)
+            return StableAvatarPipelineOutput(videos=None, latents=final, windows=windows)
         if output_type == "stream":
-            return StableAvatarPipelineOutput(videos=self.vae.stream_decode(final), latents=final)
+            return StableAvatarPipelineOutput(videos=self.vae.stream_decode(final), latents=final, windows=windows)
         video = (self.vae.decode(final).float().cpu() / 2 + 0.5).clamp(0, 1)
-        return StableAvatarPipelineOutput(videos=video.numpy() if output_type == "np" else video, latents=final)
+        return StableAvatarPipelineOutput(videos=video.numpy() if output_type == "np" else video, latents=final, windows=windows)
 
     @staticmethod
     def num_output_frames(num_audio_samples: int, fps: int = DEFAULT_FPS) -> int:

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
 from PIL import Image
@@ -81,6 +80,8 @@ class _AudioSource:
     two channels are mixed down to stereo), handed out on demand."""
 
     def __init__(self, path: Path):
+        import av
+
         try:
             self._container = av.open(str(path))
             stream = self._container.streams.audio[0]
@@ -130,6 +131,8 @@ class _Output:
 
     @classmethod
     def open(cls, final: Path, fmt: str, options: dict[str, str] | None = None) -> _Output:
+        import av
+
         tmp = final.with_name(f".{final.stem}.tmp{os.getpid()}{final.suffix}")
         return cls(final, tmp, av.open(str(tmp), mode="w", format=fmt, options=options or {}))
 
@@ -147,6 +150,8 @@ class _Output:
     def encode_audio(self, samples: np.ndarray, rate: int, layout: str) -> None:
         if samples.shape[1] == 0:
             return
+        import av
+
         frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples), format="fltp", layout=layout)
         frame.sample_rate, frame.pts, frame.time_base = rate, self.audio_pts, Fraction(1, rate)
         self.audio_pts += samples.shape[1]
@@ -211,6 +216,8 @@ def write_video(
         crf: x264 quality (lower is better, 18 is near-lossless).
         total_frames: expected frame count, only for the progress bar.
     """
+    import av  # PyAV, imported on use: the rest of this module (and the pipeline) needs no FFmpeg
+
     path = Path(path)
     if path.suffix.lower() != ".mp4":
         raise ValueError(f"output video must be an .mp4 file, got {path}")
