@@ -45,6 +45,7 @@ def cfg_inputs(height: int, width: int, frames: int, device, dtype, text_tokens:
 
 def build(preset: str, num_layers: int | None, device, dtype) -> WanAvatarTransformer3DModel:
     overrides = {} if num_layers is None else {"num_layers": num_layers}
+    torch.manual_seed(0)  # same random weights for every variant
     with torch.device(device):
         model = WanAvatarTransformer3DModel(**transformer_config(preset, **overrides))
     # Random audio projections (released files have trained ones; zeros would skip nothing, but be honest).

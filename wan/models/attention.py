@@ -20,6 +20,12 @@ Backends
 Pick one with ``set_attention_backend(name)``, the ``attention_backend(name)`` context manager, or
 the environment variable ``WAN_ATTENTION_BACKEND``. Unlike the original, nothing raises when
 PyTorch's flash SDP kernel is disabled.
+
+For the SDPA backends, ``set_sdpa_kernel(name)`` (or ``WAN_SDPA_KERNEL``) puts one of PyTorch's
+kernels first: ``auto`` (PyTorch's choice, default), ``cudnn`` (cuDNN attention, the fastest on
+H100), ``flash`` (FlashAttention-2 inside PyTorch), ``efficient``, ``math``. Where the preferred
+kernel cannot run a shape, PyTorch falls back to the next. All compute the same softmax
+attention; they differ only in floating-point rounding.
 """
 
 from __future__ import annotations
@@ -32,8 +38,36 @@ import torch
 import torch.nn.functional as F
 
 BACKENDS = ("sdpa_unmasked", "sdpa", "flash2", "flash3", "usp")
+SDPA_KERNELS = ("auto", "cudnn", "flash", "efficient", "math")
 _EXTRA: dict[str, Callable[..., torch.Tensor]] = {}
 _backend: str | None = None
+_sdpa_order: list | None = None  # kernel priority list for torch.nn.attention.sdpa_kernel, None = PyTorch's
+
+
+def set_sdpa_kernel(name: str | None) -> None:
+    """Prefer one of PyTorch's SDPA kernels (see module doc); ``None``/``"auto"``: PyTorch decides."""
+    global _sdpa_order
+    name = name or os.environ.get("WAN_SDPA_KERNEL", "auto")
+    if name not in SDPA_KERNELS:
+        raise ValueError(f"unknown SDPA kernel {name!r}; choose from {SDPA_KERNELS}")
+    if name == "auto":
+        _sdpa_order = None
+        return
+    from torch.nn.attention import SDPBackend
+
+    kinds = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
+    _sdpa_order = [kinds[name]] + [k for n, k in kinds.items() if n != name]
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """SDPA on [B, L, n, d] tensors, with the preferred kernel first when one is set."""
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    if _sdpa_order is None or q.device.type != "cuda":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2)
+    from torch.nn.attention import sdpa_kernel
+
+    with sdpa_kernel(_sdpa_order, set_priority=True):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2)
 
 
 def register_backend(name: str, fn: Callable[..., torch.Tensor]) -> None:
@@ -126,14 +160,14 @@ def attention(
     """
     name = backend or get_attention_backend()
     if name == "sdpa_unmasked" or (name == "sdpa" and k_lens is None):
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-        return out.transpose(1, 2)
+        return _sdpa(q, k, v)
     if name == "sdpa":
-        mask = _key_padding_mask(k_lens, q.shape[0], k.shape[1], q.device)
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
-        return out.transpose(1, 2)
+        return _sdpa(q, k, v, _key_padding_mask(k_lens, q.shape[0], k.shape[1], q.device))
     if name in ("flash2", "flash3"):
         return _flash_varlen(name, q, k, v, q_lens, k_lens)
     if name in _EXTRA:
         return _EXTRA[name](q, k, v, q_lens=q_lens, k_lens=k_lens)
     raise RuntimeError(f"attention backend {name!r} is not installed (wan.distributed.sequence_parallel sets up 'usp')")
+
+
+set_sdpa_kernel(None)  # read WAN_SDPA_KERNEL once at import

@@ -23,6 +23,7 @@ import inspect
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -58,6 +59,9 @@ class WanSelfAttention(nn.Module):
         self.o = nn.Linear(dim, dim)
         self.norm_q = WanRMSNorm(dim, eps=eps) if qk_norm else nn.Identity()
         self.norm_k = WanRMSNorm(dim, eps=eps) if qk_norm else nn.Identity()
+        # Self-attention's backend; None = the global one. Sequence parallelism sets "usp" here
+        # (wan.distributed.sequence_parallel), so cross-attention stays local.
+        self.attn_backend: str | None = None
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.view(x.shape[0], -1, self.num_heads, self.head_dim)
@@ -68,7 +72,9 @@ class WanSelfAttention(nn.Module):
         q = self._heads(self.norm_q(self.q(x)))
         k = self._heads(self.norm_k(self.k(x)))
         v = self._heads(self.v(x))
-        out = attention(rope_apply(q, *rope).to(dtype), rope_apply(k, *rope).to(dtype), v, q_lens=seq_lens, k_lens=seq_lens)
+        out = attention(
+            rope_apply(q, *rope).to(dtype), rope_apply(k, *rope).to(dtype), v, q_lens=seq_lens, k_lens=seq_lens, backend=self.attn_backend
+        )
         return self.o(out.to(dtype).flatten(2))
 
 
@@ -96,11 +102,14 @@ class WanAvatarCrossAttention(WanSelfAttention):
         vocal_context_lens: torch.Tensor | None,
         frames: int,
         dtype: torch.dtype,
+        frame_segments: Sequence[tuple[int, int, int]] | None = None,
     ) -> torch.Tensor:
         """
         x: [B, L, D] normed video tokens, L = frames * tokens_per_frame.
         context: [B, 257 + 512, D] image then text tokens.
         vocal_context: [B, frames, W, D] per-frame audio tokens, or [B, frames*W, D] (clip-level).
+        frame_segments: under sequence parallelism x is a chunk of the sequence; (start, stop, frame)
+            triples say which frame each run of its tokens belongs to. None: x is the whole sequence.
         """
         b = x.shape[0]
         img, text = context[:, :CLIP_TOKENS].to(dtype), context[:, CLIP_TOKENS:].to(dtype)
@@ -111,7 +120,23 @@ class WanAvatarCrossAttention(WanSelfAttention):
         out_txt = attention(q, self._heads(self.norm_k(self.k(text))).to(dtype), self._heads(self.v(text)).to(dtype), k_lens=context_lens)
         # 3. Audio branch: frame f's queries see frame f's audio window only.
         k_voc, v_voc = self.k_vocal(vocal_context), self.v_vocal(vocal_context)
-        if vocal_context.dim() == 4:
+        if vocal_context.dim() == 4 and frame_segments is not None:
+            # A sequence-parallel chunk: each run of tokens attends to its own frame's audio (the
+            # original regrouped the chunk as if it were the whole sequence: PIPELINE.md quirk 10).
+            lens = None if vocal_context_lens is None else vocal_context_lens.view(b, -1)
+            out_voc = torch.cat(
+                [
+                    attention(
+                        q[:, lo:hi],
+                        self._heads(k_voc[:, f]).to(dtype),
+                        self._heads(v_voc[:, f]).to(dtype),
+                        k_lens=None if lens is None else lens[:, f],
+                    )
+                    for lo, hi, f in frame_segments
+                ],
+                dim=1,
+            )
+        elif vocal_context.dim() == 4:
             per_frame = (b * frames, -1, self.num_heads, self.head_dim)
             out_voc = attention(q.reshape(per_frame), k_voc.reshape(per_frame).to(dtype), v_voc.reshape(per_frame).to(dtype), k_lens=vocal_context_lens)
             out_voc = out_voc.reshape(b, -1, self.num_heads, self.head_dim)
@@ -143,13 +168,14 @@ class WanAttentionBlock(nn.Module):
         vocal_context_lens: torch.Tensor | None,
         frames: int,
         dtype: torch.dtype,
+        frame_segments: Sequence[tuple[int, int, int]] | None = None,
     ) -> torch.Tensor:
-        """x [B, L, D]; e0 [B, 6, D] -> [B, L, D]."""
+        """x [B, L, D]; e0 [B, 6, D] -> [B, L, D] (L: a sequence chunk when ``frame_segments`` is given)."""
         shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation + e0).chunk(6, dim=1)
         # 1. Modulated self-attention.
         x = x + self.self_attn((self.norm1(x) * (1 + scale1) + shift1).to(dtype), rope, seq_lens, dtype) * gate1
         # 2. Cross-attention to image, text and audio (no modulation, no gate).
-        x = x + self.cross_attn(self.norm3(x), context, context_lens, vocal_context, vocal_context_lens, frames, dtype)
+        x = x + self.cross_attn(self.norm3(x), context, context_lens, vocal_context, vocal_context_lens, frames, dtype, frame_segments)
         # 3. Modulated FFN.
         return x + self.ffn((self.norm2(x) * (1 + scale2) + shift2).to(dtype)) * gate2
 
@@ -248,6 +274,8 @@ class WanAvatarTransformer3DModel(ModelMixin, ConfigMixin):
         # RoPE angles: plain attribute, not a buffer (no state_dict key, never cast to bf16).
         self.rope_angles = rope_angles(dim // num_heads)
         self.gradient_checkpointing = False
+        # Set by wan.distributed.sequence_parallel.enable_sequence_parallel; None = one device.
+        self.sequence_parallel = None
 
     # -- pieces of forward -------------------------------------------------------------------
 
@@ -292,6 +320,13 @@ class WanAvatarTransformer3DModel(ModelMixin, ConfigMixin):
                 x = block(x, **block_kwargs)
         return x
 
+    def compile_blocks(self, **compile_kwargs) -> None:
+        """Regional ``torch.compile``: every block compiled on its own (one graph per distinct
+        input shape: the full windows and the shorter last one). Fuses the float32 norms,
+        modulation and RoPE around the matmuls; the maths is unchanged."""
+        for block in self.blocks:
+            block.compile(**compile_kwargs)
+
     def unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         """[B, L, prod(patch)*C] (padding tokens past f*h*w dropped) -> [B, C, F*pt, h*ph, w*pw]."""
         f, h, w = grid
@@ -315,6 +350,7 @@ class WanAvatarTransformer3DModel(ModelMixin, ConfigMixin):
         is_clip_level_modeling: bool = False,
         video_sample_n_frames: int = 81,
         cond_flag: bool = True,
+        rows: Sequence[int] | None = None,
     ) -> torch.Tensor:
         """
         x: [B, 16, F, H, W] noisy latents.  t: [B] timesteps on the 0..1000 scale.
@@ -326,7 +362,9 @@ class WanAvatarTransformer3DModel(ModelMixin, ConfigMixin):
         video_sample_n_frames: pixel frames of the nominal window (81); the audio adapter makes
             (n-1)//4+1 per-frame windows and the DiT cuts its tokens into that many groups.
         cond_flag: accepted for signature compatibility (the original's TeaCache uses it).
-        Returns [B, 16, F, H, W].
+        rows: compute only these batch rows (CFG-row parallelism). The inputs still hold every row,
+            so the 1.3B adapter sees the last row as usual; the blocks and head run on ``rows``.
+        Returns [B, 16, F, H, W] ([len(rows), ...] with ``rows``).
         """
         dtype = x.dtype
         frames = (video_sample_n_frames - 1) // 4 + 1
@@ -350,9 +388,16 @@ class WanAvatarTransformer3DModel(ModelMixin, ConfigMixin):
         vocal_context, vocal_lens = self.audio_context(vocal_embeddings, x, e0, e, video_sample_n_frames)
         if is_clip_level_modeling:
             vocal_context = vocal_context.flatten(1, 2)
+        if rows is not None:
+            rows, b = list(rows), x.shape[0]
+            x, e, e0, ctx, seq_lens, context_lens = (u[rows] for u in (x, e, e0, ctx, seq_lens, context_lens))
+            vocal_context, vocal_lens = vocal_context[rows], vocal_lens.view(b, -1)[rows].flatten()
 
-        # 5. Blocks.
+        # 5. Blocks (on this rank's chunk of the sequence under sequence parallelism).
         rope = rope_cos_sin(self.rope_angles, grid, device=x.device)
+        sp, frame_segments = self.sequence_parallel, None
+        if sp is not None:
+            x, rope, frame_segments = sp.shard(x, rope, frames)
         x = self.run_blocks(
             x,
             e0=e0,
@@ -364,7 +409,10 @@ class WanAvatarTransformer3DModel(ModelMixin, ConfigMixin):
             vocal_context_lens=vocal_lens,
             frames=frames,
             dtype=dtype,
+            frame_segments=frame_segments,
         )
+        if sp is not None:
+            x = sp.gather(x, seq_len)
 
         # 6. Head and unpatchify.
         return self.unpatchify(self.head(x, e), grid)

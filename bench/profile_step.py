@@ -1,0 +1,136 @@
+"""Where one DiT step spends its time, and what each speed lever buys (issue 10).
+
+    python bench/profile_step.py                       # H100, 1.3B, 480x832x81, CFG batch 3, bf16
+    python bench/profile_step.py --tiny                # CPU smoke test
+
+Prints JSON lines:
+* ``matmul_ceiling``: achieved bf16 TFLOP/s of a large GEMM on this card (the MFU denominator);
+* ``variant``: median step time / peak memory / model FLOP utilisation for each lever combination,
+  and the rel. L2 distance of its output to the baseline output (same inputs, same weights);
+* ``breakdown``: CUDA kernel time of one step split into attention, GEMM and everything else,
+  for the baseline and the fastest variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import emit, peak_gib, reset_peak, timed  # noqa: E402
+from bench.dit_step import build, cfg_inputs  # noqa: E402
+from wan.models.attention import set_sdpa_kernel  # noqa: E402
+
+VARIANTS = {  # name: (sdpa kernel, regional compile)
+    "baseline": ("auto", False),
+    "cudnn": ("cudnn", False),
+    "flash": ("flash", False),
+    "compile": ("auto", True),
+    "cudnn+compile": ("cudnn", True),
+}
+
+
+def step_flops(model, inputs) -> float:
+    """Matmul + attention FLOPs of one forward (2 per multiply-add); norms and elementwise ignored."""
+    cfg = model.config
+    b, tokens, d, f = inputs["x"].shape[0], inputs["seq_len"], cfg.dim, cfg.ffn_dim
+    ctx = 257 + cfg.text_len
+    frames = (inputs["video_sample_n_frames"] - 1) // 4 + 1
+    audio_window = 17  # tokens per latent frame window for 167 wav2vec tokens
+    per_layer = 2 * tokens * (4 * d * d + 2 * d * d + 2 * d * f)  # self qkvo, cross q+o, ffn
+    per_layer += 2 * 2 * ctx * d * d + 2 * 2 * frames * audio_window * d * d  # cross k/v (text+img, audio)
+    per_layer += 4 * tokens * tokens * d + 4 * tokens * (ctx + audio_window) * d  # attention scores + values
+    return b * cfg.num_layers * per_layer
+
+
+def matmul_ceiling(device) -> float:
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    m, _ = timed(lambda: a @ a, warmup=3, repeat=10)
+    return 2 * 8192**3 / m
+
+
+def breakdown(model, inputs, device) -> dict[str, float]:
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16), profile(activities=[ProfilerActivity.CUDA]) as prof:
+        model(**inputs)
+        torch.cuda.synchronize()
+    cats = {"attention": 0.0, "gemm": 0.0, "other": 0.0}
+    for evt in prof.key_averages():
+        t = getattr(evt, "self_device_time_total", None)
+        if t is None:
+            t = getattr(evt, "self_cuda_time_total", 0.0)
+        if not t:
+            continue
+        name = evt.key.lower()
+        if any(s in name for s in ("flash", "fmha", "attention", "sdpa", "cudnn_generated_fort_native_sdpa")):
+            cats["attention"] += t
+        elif any(s in name for s in ("gemm", "cutlass", "xmma", "nvjet", "matmul", "sm90_")):
+            cats["gemm"] += t
+        else:
+            cats["other"] += t
+    total = sum(cats.values())
+    return {k: round(v / 1e6, 3) for k, v in cats.items()} | {"total_s": round(total / 1e6, 3)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--size", default="480x832")
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--tiny", action="store_true")
+    args = p.parse_args()
+    device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    h, w = (64, 64) if args.tiny else map(int, args.size.split("x"))
+    frames = 17 if args.tiny else 81
+    if device == "cuda":
+        ceiling = matmul_ceiling(device)
+        emit(bench="matmul_ceiling", tflops=round(ceiling / 1e12, 1))
+    inputs = cfg_inputs(h, w, frames, device, dtype, audio_tokens=33 if args.tiny else 167)
+    reference = None
+    results = {}
+    for name in args.variants.split(","):
+        kernel, compiled = VARIANTS[name]
+        torch.compiler.reset()
+        model = build("1.3B", 2 if args.tiny else None, device, dtype)
+        set_sdpa_kernel(kernel)
+        if compiled:
+            model.compile_blocks()
+
+        def step():
+            with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+                return model(**inputs)
+
+        reset_peak()
+        out = step().float()
+        if reference is None:
+            reference = out
+        rel = ((out - reference).norm() / reference.norm()).item()
+        median, runs = timed(step, warmup=2, repeat=args.repeat)
+        row = dict(bench="variant", variant=name, size=f"{h}x{w}x{frames}", median_s=round(median, 4), runs_s=[round(r, 4) for r in runs],
+                   peak_gib=None if peak_gib() is None else round(peak_gib(), 2), rel_l2_vs_baseline=float(f"{rel:.3e}"))  # fmt: skip
+        if device == "cuda":
+            row["mfu"] = round(step_flops(model, inputs) / median / ceiling, 3)
+            row["tflops_achieved"] = round(step_flops(model, inputs) / median / 1e12, 1)
+        emit(**row)
+        results[name] = (median, model)
+        if device == "cuda" and name == "baseline":
+            emit(bench="breakdown", variant=name, **breakdown(model, inputs, device))
+        else:
+            del model
+    if device == "cuda":
+        best = min((k for k in results if k != "baseline"), key=lambda k: results[k][0], default=None)
+        if best is not None:
+            kernel, compiled = VARIANTS[best]
+            set_sdpa_kernel(kernel)
+            emit(bench="breakdown", variant=best, **breakdown(results[best][1], inputs, device))
+    set_sdpa_kernel("auto")
+
+
+if __name__ == "__main__":
+    main()
