@@ -51,6 +51,10 @@ def _accepted(cls_or_fn, kwargs: dict) -> dict:
     return {k: v for k, v in kwargs.items() if k in params}
 
 
+def _launched_world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """``device`` or the first CUDA GPU, else the CPU (with a warning: generation there is very slow)."""
     if device is not None:
@@ -131,11 +135,19 @@ def load_pipeline(
 
     if memory_mode not in MEMORY_MODES:
         raise ValueError(f"--GPU_memory_mode {memory_mode!r}: choose one of {MEMORY_MODES}")
-    if ulysses_degree * ring_degree > 1 or fsdp_dit:
-        raise NotImplementedError("multi-GPU inference (--ulysses_degree/--ring_degree/--fsdp_dit) is not available yet; run on one GPU")
+    parallel = None
     if attention_backend:
         set_attention_backend(attention_backend)
-    device = resolve_device(device)
+    if ulysses_degree * ring_degree > 1 or fsdp_dit or _launched_world_size() > 1:
+        # Several processes (torchrun): sequence-parallel groups and/or windows spread over ranks.
+        from wan.distributed import setup_parallel
+
+        if fsdp_dit and memory_mode != "model_full_load":
+            raise ValueError(f"--fsdp_dit keeps the DiT's shards on the GPUs; it needs --GPU_memory_mode model_full_load, not {memory_mode}")
+        parallel = setup_parallel(ulysses_degree, ring_degree, device=device)
+        device = parallel.device
+    else:
+        device = resolve_device(device)
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
 
     paths, cfg = checked_checkpoints(pretrained_model_name_or_path, transformer_path, wav2vec_path, config_path)
@@ -154,6 +166,8 @@ def load_pipeline(
     from wan.runtime.memory import apply_memory_mode
 
     apply_memory_mode(pipe, memory_mode, device)
+    if parallel is not None:
+        parallel.attach(pipe, fsdp_dit=fsdp_dit)
     if teacache_threshold:
         logger.warning("TeaCache is not available yet; --enable_teacache is ignored")
     return pipe

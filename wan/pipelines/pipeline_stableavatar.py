@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -97,6 +97,7 @@ class StableAvatarPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "text_encoder->clip_image_encoder->vae->transformer->vae"
     _optional_components: list[str] = []
     teacache = None  # a wan.models.teacache.TeaCache when enabled (enable_teacache)
+    parallel = None  # a wan.distributed.WindowParallel when several processes share the work (torchrun)
 
     def __init__(self, tokenizer, text_encoder, vae, transformer, clip_image_encoder, scheduler, wav2vec):
         super().__init__()
@@ -170,6 +171,13 @@ class StableAvatarPipeline(DiffusionPipeline):
 
     def denoise_window(self, latents: torch.Tensor, t: torch.Tensor, window: Window, cond: WindowConditions) -> torch.Tensor:
         """Guided velocity [1, 16, f, H/8, W/8] for one window's latents [1, 16, f, H/8, W/8]."""
+        return combine_guidance(self.window_noise(latents, t, window, cond), audio_scale=cond.audio_guide_scale, text_scale=cond.text_guide_scale)
+
+    def window_noise(
+        self, latents: torch.Tensor, t: torch.Tensor, window: Window, cond: WindowConditions, rows: Sequence[int] | None = None
+    ) -> torch.Tensor:
+        """The DiT's CFG rows [3, 16, f, H/8, W/8] (no audio, audio, audio + text) for one window,
+        or only ``rows`` of them ([len(rows), ...]; CFG-row parallelism)."""
         f = window.num_frames
         device = latents.device
         audio = cond.audio_features[window.index].to(device)
@@ -187,13 +195,16 @@ class StableAvatarPipeline(DiffusionPipeline):
                 vocal_embeddings=vocal,
                 is_clip_level_modeling=False,
                 video_sample_n_frames=cond.clip_length,
+                rows=rows,
             )
-        return combine_guidance(noise_pred, audio_scale=cond.audio_guide_scale, text_scale=cond.text_guide_scale)
+        return noise_pred
 
     def predict_windows(
         self, latents_all: torch.Tensor, t: torch.Tensor, windows: list[Window], cond: WindowConditions, progress: Callable[[], object] | None = None
     ) -> list[torch.Tensor]:
         """Guided velocities of every window at timestep ``t``, from the previous step's latents."""
+        if self.parallel is not None:  # windows (and CFG rows) spread over the ranks, gathered on every rank
+            return self.parallel.predict_windows(self, latents_all, t, windows, cond, progress)
         out = []
         for window in windows:
             out.append(self.denoise_window(latents_all[:, :, window.latent_slice], t, window, cond))
