@@ -323,7 +323,12 @@ class WanAvatarTransformer3DModel(ModelMixin, ConfigMixin):
     def compile_blocks(self, **compile_kwargs) -> None:
         """Regional ``torch.compile``: every block compiled on its own (one graph per distinct
         input shape: the full windows and the shorter last one). Fuses the float32 norms,
-        modulation and RoPE around the matmuls; the maths is unchanged."""
+        modulation and RoPE around the matmuls; the maths is unchanged, and inductor is told to
+        keep the eager code's intermediate bf16 roundings (``emulate_precision_casts``) so the
+        numbers stay as close to the uncompiled model as fusion allows."""
+        import torch._inductor.config as inductor_config
+
+        inductor_config.emulate_precision_casts = True
         for block in self.blocks:
             block.compile(**compile_kwargs)
 
