@@ -152,10 +152,35 @@ def build_parser() -> argparse.ArgumentParser:
         "mask padding and are faster but not bit-identical",
     )
     g.add_argument("--device", type=str, default=None, help="torch device, e.g. cuda, cuda:1, cpu (default: cuda if available)")
+    g.add_argument(
+        "--compile",
+        action="store_true",
+        help="regional torch.compile of the DiT blocks: ~25%% faster per step on an H100 after a one-off warm-up; "
+        "same maths, bf16 rounding may differ slightly",
+    )
+    g.add_argument(
+        "--sdpa_kernel",
+        type=str,
+        default="auto",
+        choices=("auto", "cudnn", "flash", "efficient", "math"),
+        help="which PyTorch attention kernel to prefer for the sdpa backends (auto: PyTorch decides; cuDNN on H100)",
+    )
     g.add_argument("--enable_teacache", action="store_true", help="skip DiT calls whose input barely changed (TeaCache)")
     g.add_argument("--teacache_threshold", type=float, default=0.10, help="TeaCache relative-L1 threshold (higher = faster, worse)")
     g.add_argument("--num_skip_start_steps", type=int, default=5, help="TeaCache: DiT calls always computed at the start")
     g.add_argument("--teacache_offload", action="store_true", help="TeaCache: keep the cached residuals on the CPU")
+    g.add_argument(
+        "--save_every",
+        type=int,
+        default=1,
+        help="save the latents to <output_dir>/resume_state.safetensors every N denoising steps (and after the last); 0: never",
+    )
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run from <output_dir>/resume_state.safetensors (same flags and inputs required; "
+        "--GPU_memory_mode may change)",
+    )
 
     g = p.add_argument_group("multi-GPU (launch with torchrun; ulysses x ring = number of processes)")
     g.add_argument("--ulysses_degree", type=int, default=1, help="Ulysses sequence-parallel degree of the DiT")
@@ -255,6 +280,8 @@ def validate(args: argparse.Namespace, check_checkpoints: bool = True) -> None:
         raise InferenceArgumentError(str(err)) from None
     if args.sample_steps < 1:
         raise InferenceArgumentError(f"--sample_steps={args.sample_steps} must be >= 1")
+    if args.save_every < 0:
+        raise InferenceArgumentError(f"--save_every={args.save_every} must be >= 0 (0 turns saving off)")
     if args.teacache_threshold < 0 or args.num_skip_start_steps < 0:
         raise InferenceArgumentError("--teacache_threshold and --num_skip_start_steps must be >= 0")
     if args.ulysses_degree < 1 or args.ring_degree < 1:
@@ -354,8 +381,32 @@ def _uint8_chunks(result: object, chunk_frames: int = 16) -> Iterator:
     raise TypeError(f"cannot write a pipeline result of type {type(result).__name__}")
 
 
+def resume_fields(args: argparse.Namespace) -> dict[str, object]:
+    """What determines a run's numbers (the resume fingerprint): input contents, sampling flags,
+    TeaCache flags, weight files. Not the memory mode, the device or the output options."""
+    from wan.runtime.resume import file_digest, file_identity
+
+    numbers = (
+        "prompt", "width", "height", "seed", "sample_steps", "sample_text_guide_scale", "sample_audio_guide_scale",
+        "clip_sample_n_frames", "overlap_window_length", "overlapping_weight_scheme", "attention_backend",
+        "enable_teacache", "ulysses_degree", "ring_degree",
+    )  # fmt: skip
+    fields: dict[str, object] = {name: getattr(args, name) for name in numbers}
+    if args.enable_teacache:
+        fields.update(teacache_threshold=args.teacache_threshold, num_skip_start_steps=args.num_skip_start_steps)
+    fields["reference_image_sha256"] = file_digest(args.validation_reference_path)
+    fields["driving_audio_sha256"] = file_digest(args.validation_driven_audio_path)
+    for flag in ("pretrained_model_name_or_path", "transformer_path", "pretrained_wav2vec_path", "config_path"):
+        fields[flag] = file_identity(getattr(args, flag))
+    return fields
+
+
 def run(args: argparse.Namespace) -> Path | None:
-    """Load the pipeline, generate, write ``<output_dir>/video_with_audio.mp4``; returns its path on rank 0."""
+    """Load the pipeline, generate, write ``<output_dir>/video_with_audio.mp4``; returns its path on rank 0.
+
+    With ``--save_every N`` the latents are saved every N steps; ``--resume`` continues from them.
+    Out of GPU memory raises ``GPUOutOfMemoryError`` naming the memory mode to try next (the saved
+    state is kept)."""
     try:
         from wan.pipelines import load_pipeline
     except ImportError as err:
@@ -365,7 +416,27 @@ def run(args: argparse.Namespace) -> Path | None:
     import torch
 
     from wan.constants import DEFAULT_FPS, NEGATIVE_PROMPT
+    from wan.runtime.memory import GPUOutOfMemoryError, oom_advice
+    from wan.runtime.resume import STATE_FILE, StepSaver, check_compatible, load_state
     from wan.utils.video_io import write_video
+
+    # Resume (checked before any model loads: a mismatch fails in a second).
+    writer = int(os.environ.get("RANK", "0")) == 0  # sequence parallel: every rank generates, rank 0 writes
+    state_path = Path(args.output_dir) / STATE_FILE
+    fields = resume_fields(args)
+    start_step, latents = 0, None
+    if args.resume and state_path.is_file():
+        state = load_state(state_path)
+        check_compatible(state, fields, args.GPU_memory_mode, state_path)
+        start_step, latents = state.steps_done, state.latents
+        logger.info("resuming from %s: %d of %d steps done", state_path, start_step, args.sample_steps)
+    elif args.resume:
+        logger.warning("--resume: no saved state at %s; starting from step 0", state_path)
+    elif state_path.is_file() and args.save_every > 0:
+        logger.warning("%s holds a saved run and will be overwritten; pass --resume to continue it instead", state_path)
+    saver = None
+    if args.save_every > 0 and writer:
+        saver = StepSaver(state_path, args.save_every, args.sample_steps, args.seed, args.GPU_memory_mode, fields)
 
     pipe = load_pipeline(
         args.pretrained_model_name_or_path,
@@ -374,6 +445,8 @@ def run(args: argparse.Namespace) -> Path | None:
         config_path=args.config_path,
         memory_mode=args.GPU_memory_mode,
         attention_backend=args.attention_backend,
+        compile_transformer=args.compile,
+        sdpa_kernel=args.sdpa_kernel,
         device=args.device,
         ulysses_degree=args.ulysses_degree,
         ring_degree=args.ring_degree,
@@ -383,32 +456,41 @@ def run(args: argparse.Namespace) -> Path | None:
         teacache_offload=args.teacache_offload,
     )
     generator = torch.Generator(device=getattr(pipe, "device", "cpu")).manual_seed(args.seed)
-    result = pipe(
-        prompt=args.prompt,
-        negative_prompt=NEGATIVE_PROMPT,
-        image=args.validation_reference_path,
-        audio=args.validation_driven_audio_path,
-        height=args.height,
-        width=args.width,
-        num_inference_steps=args.sample_steps,
-        text_guide_scale=args.sample_text_guide_scale,
-        audio_guide_scale=args.sample_audio_guide_scale,
-        clip_length=args.clip_sample_n_frames,
-        overlap_window_length=args.overlap_window_length,
-        overlapping_weight_scheme=args.overlapping_weight_scheme,
-        generator=generator,
-        output_type="stream",  # decoded chunk by chunk while the mp4 is written
-    )
-    if int(os.environ.get("RANK", "0")) != 0:  # sequence parallel: every rank generates, rank 0 writes
-        return None
-    written = write_video(
-        Path(args.output_dir) / OUTPUT_NAME,
-        _uint8_chunks(result),
-        fps=DEFAULT_FPS,
-        audio_path=args.validation_driven_audio_path,
-        save_intermediate=args.save_intermediate,
-    )
+    try:
+        result = pipe(
+            prompt=args.prompt,
+            negative_prompt=NEGATIVE_PROMPT,
+            image=args.validation_reference_path,
+            audio=args.validation_driven_audio_path,
+            height=args.height,
+            width=args.width,
+            num_inference_steps=args.sample_steps,
+            text_guide_scale=args.sample_text_guide_scale,
+            audio_guide_scale=args.sample_audio_guide_scale,
+            clip_length=args.clip_sample_n_frames,
+            overlap_window_length=args.overlap_window_length,
+            overlapping_weight_scheme=args.overlapping_weight_scheme,
+            generator=generator,
+            output_type="stream",  # decoded chunk by chunk while the mp4 is written
+            latents=latents,
+            start_step=start_step,
+            callback_on_step_end=saver,
+        )
+        if not writer:
+            return None
+        written = write_video(
+            Path(args.output_dir) / OUTPUT_NAME,
+            _uint8_chunks(result),
+            fps=DEFAULT_FPS,
+            audio_path=args.validation_driven_audio_path,
+            save_intermediate=args.save_intermediate,
+        )
+    except torch.cuda.OutOfMemoryError as err:  # the saved state (if any) is kept for --resume
+        kept = str(state_path) if saver is not None and state_path.is_file() else None
+        raise GPUOutOfMemoryError(oom_advice(args.GPU_memory_mode, kept)) from err
     logger.info("wrote %s (%d frames, %.2f s)", written.path, written.num_frames, written.duration)
+    if saver is not None:
+        state_path.unlink(missing_ok=True)  # the video is written: the run is no longer resumable
     return written.path
 
 
@@ -420,7 +502,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InferenceArgumentError as err:
         print(f"inference.py: error: {err}", file=sys.stderr)
         return 2
-    path = run(args)
+    from wan.runtime.memory import GPUOutOfMemoryError
+    from wan.runtime.resume import ResumeMismatchError
+
+    try:
+        path = run(args)
+    except ResumeMismatchError as err:
+        print(f"inference.py: error: {err}", file=sys.stderr)
+        return 2
+    except GPUOutOfMemoryError as err:
+        print(f"inference.py: error: {err}", file=sys.stderr)
+        return 3
     if path is not None:
         print(path)
     return 0

@@ -115,6 +115,8 @@ def load_pipeline(
     teacache_threshold: float | None = None,
     teacache_skip_start_steps: int = 5,
     teacache_offload: bool = False,
+    compile_transformer: bool = False,
+    sdpa_kernel: str | None = None,
 ):
     """Build the StableAvatarPipeline from the original checkpoint layout.
 
@@ -123,6 +125,8 @@ def load_pipeline(
     wav2vec_path: the wav2vec2-base-960h folder (default: beside the base folder).
     memory_mode: one of ``MEMORY_MODES`` (the original's ``--GPU_memory_mode``).
     dtype: compute dtype of the DiT and umT5 (default bf16 on CUDA, float32 on the CPU).
+    compile_transformer: regional ``torch.compile`` of the DiT blocks (``--compile``).
+    sdpa_kernel: preferred PyTorch attention kernel (``--sdpa_kernel``; see wan.models.attention).
     """
     from wan.audio import Wav2VecFeatureExtractor
     from wan.models.attention import set_attention_backend
@@ -138,6 +142,9 @@ def load_pipeline(
     parallel = None
     if attention_backend:
         set_attention_backend(attention_backend)
+    from wan.models.attention import set_sdpa_kernel
+
+    set_sdpa_kernel(sdpa_kernel)
     if ulysses_degree * ring_degree > 1 or fsdp_dit or _launched_world_size() > 1:
         # Several processes (torchrun): sequence-parallel groups and/or windows spread over ranks.
         from wan.distributed import setup_parallel
@@ -159,6 +166,8 @@ def load_pipeline(
     vae = load_vae(paths.vae, dtype=torch.float32, **_accepted(WanVAE, vae_kw))
     clip = load_clip_image_encoder(paths.clip, dtype=torch.float32, **_accepted(CLIPVisionEncoder, clip_kw))
     transformer = load_transformer(paths.base_dir, paths.transformer_path, dtype=dtype)
+    if compile_transformer:
+        transformer.compile_blocks()
     wav2vec = Wav2VecFeatureExtractor(paths.wav2vec_dir)
     scheduler = build_scheduler(cfg.get("scheduler_kwargs"))
 
@@ -168,6 +177,9 @@ def load_pipeline(
     apply_memory_mode(pipe, memory_mode, device)
     if parallel is not None:
         parallel.attach(pipe, fsdp_dit=fsdp_dit)
-    if teacache_threshold:
-        logger.warning("TeaCache is not available yet; --enable_teacache is ignored")
+    if teacache_threshold is not None:
+        from wan.models.teacache import enable_teacache
+
+        enable_teacache(pipe, teacache_threshold, num_skip_start_steps=teacache_skip_start_steps, offload=teacache_offload)
+        logger.info(f"TeaCache on: threshold {teacache_threshold}, first {teacache_skip_start_steps} steps always computed, per window")
     return pipe
