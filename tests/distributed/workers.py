@@ -112,6 +112,9 @@ class _Holder:
         self.transformer = transformer
         self.parallel = None
 
+    def set_progress_bar_config(self, **kwargs) -> None:
+        pass
+
 
 # ------------------------------------------------------------------------------- the pipeline
 

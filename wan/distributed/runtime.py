@@ -97,6 +97,8 @@ class ParallelRuntime:
 
             shard_dit(pipe.transformer, self.sp.group, self.device)
         pipe.parallel = self.windows
+        if not self.is_main:  # one progress bar per run, rank 0's
+            pipe.set_progress_bar_config(disable=True)
 
 
 def setup_parallel(ulysses_degree: int = 1, ring_degree: int = 1, device: str | torch.device | None = None, split_rows: bool = True) -> ParallelRuntime:
