@@ -145,6 +145,7 @@ def _xfuser_attention(ulysses: int, ring: int, local_rank: int) -> tuple[Callabl
         layer = xFuserLongContextAttention(attn_type=AttnType.TORCH_FLASH)  # PyTorch's flash kernel, returns the LSE ring needs
         logger.info("flash-attn is not installed: USP attention uses PyTorch's flash SDPA kernel")
 
+    @torch.compiler.disable  # collectives: a graph break under --compile (compile_blocks)
     def usp(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **_lens) -> torch.Tensor:
         # The kernels take half precision; q/k arrive in the compute dtype (bf16 at inference).
         half = q.dtype if q.dtype in (torch.float16, torch.bfloat16) else torch.bfloat16
@@ -175,6 +176,7 @@ def _yunchang_attention(ulysses: int, ring: int) -> tuple[Callable[..., torch.Te
         if g == rank // sp:
             mine = group
 
+    @torch.compiler.disable  # collectives: a graph break under --compile (compile_blocks)
     def usp(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **_lens) -> torch.Tensor:
         return layer(q, k, v, softmax_scale=q.shape[-1] ** -0.5).to(q.dtype)
 
