@@ -34,7 +34,7 @@ CASES = {  # name: (height, width, video frames of audio)
 }
 
 
-def run_case(pipe, name: str, height: int, width: int, frames: int, steps: int, total_steps: int, device: str) -> None:
+def run_case(pipe, name: str, height: int, width: int, frames: int, steps: int, total_steps: int, device: str, **call) -> None:
     import soundfile as sf
 
     audio = load_audio(REPO / "examples" / "case-2" / "audio.wav")[: frames * 640 + 320]
@@ -60,6 +60,7 @@ def run_case(pipe, name: str, height: int, width: int, frames: int, steps: int, 
         callback_on_step_end=on_step,
         generator=torch.Generator(device=device).manual_seed(42),
         end_step=steps,
+        **call,
     )
     denoise_end = time.perf_counter()
     try:  # PyAV (the mp4 writer) may be absent on a bare GPU box: then decode only, and say so
@@ -77,7 +78,7 @@ def run_case(pipe, name: str, height: int, width: int, frames: int, steps: int, 
     windows = len(result.windows)
     emit(
         bench="inference",
-        case=name,
+        case=name + ("+last_window_true_length" if call.get("last_window_true_length") else ""),
         size=f"{height}x{width}",
         video_frames=frames,
         wrote_mp4=wrote_mp4,
@@ -97,6 +98,7 @@ def main() -> None:
     p.add_argument("--cases", default=",".join(CASES))
     p.add_argument("--steps", type=int, default=4, help="denoising steps actually run per case")
     p.add_argument("--tiny", action="store_true")
+    p.add_argument("--last_window_true_length", action="store_true", help="also run each multi-window case with the short last window unpadded")
     args = p.parse_args()
     device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
     if args.tiny:
@@ -114,6 +116,8 @@ def main() -> None:
     pipe.set_progress_bar_config(disable=True)
     for name, (h, w, frames) in cases.items():
         run_case(pipe, name, h, w, frames, args.steps, 50, device)
+        if args.last_window_true_length and frames > 84:
+            run_case(pipe, name, h, w, frames, args.steps, 50, device, last_window_true_length=True)
 
 
 if __name__ == "__main__":

@@ -84,3 +84,15 @@ def test_bad_inputs_fail_before_any_model_runs(tiny_pipe, tmp_path):
         _run(tiny_pipe, audio, overlap_window_length=5)
     with pytest.raises(FileNotFoundError, match="nope.png"):
         tiny_pipe(image=str(tmp_path / "nope.png"), audio=audio, height=32, width=32, num_inference_steps=1, clip_length=17, overlap_window_length=2)
+
+
+def test_last_window_true_length_changes_only_the_last_window(tiny_pipe):
+    """Opt-in flag: the short last window runs unpadded. Frames no window but the last one touches
+    are unchanged at step 0 (one step: no blending feeds the change back)."""
+    audio = _speech(1.6)  # 40 frames -> 10 latent frames; windows [0,5) [3,8) [6,10): the last has 4 frames
+    base = _run(tiny_pipe, audio, num_inference_steps=1)
+    short = _run(tiny_pipe, audio, num_inference_steps=1, last_window_true_length=True)
+    assert base.windows[-1].num_frames == 4
+    last = base.windows[-1]
+    torch.testing.assert_close(short.latents[:, :, : last.start], base.latents[:, :, : last.start], rtol=0, atol=0)
+    assert not torch.equal(short.latents[:, :, last.start :], base.latents[:, :, last.start :])

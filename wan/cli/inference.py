@@ -159,6 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
         "same maths, bf16 rounding may differ slightly",
     )
     g.add_argument(
+        "--last_window_true_length",
+        action="store_true",
+        help="run the shorter last window at its own length instead of padded to a full window: less work, audio "
+        "slots aligned to its frames; NOT the original's output for the last window's frames",
+    )
+    g.add_argument(
         "--sdpa_kernel",
         type=str,
         default="auto",
@@ -388,7 +394,7 @@ def resume_fields(args: argparse.Namespace) -> dict[str, object]:
 
     numbers = (
         "prompt", "width", "height", "seed", "sample_steps", "sample_text_guide_scale", "sample_audio_guide_scale",
-        "clip_sample_n_frames", "overlap_window_length", "overlapping_weight_scheme", "attention_backend",
+        "clip_sample_n_frames", "overlap_window_length", "overlapping_weight_scheme", "attention_backend", "last_window_true_length",
         "enable_teacache", "ulysses_degree", "ring_degree",
     )  # fmt: skip
     fields: dict[str, object] = {name: getattr(args, name) for name in numbers}
@@ -470,6 +476,7 @@ def run(args: argparse.Namespace) -> Path | None:
             clip_length=args.clip_sample_n_frames,
             overlap_window_length=args.overlap_window_length,
             overlapping_weight_scheme=args.overlapping_weight_scheme,
+            last_window_true_length=args.last_window_true_length,
             generator=generator,
             output_type="stream",  # decoded chunk by chunk while the mp4 is written
             latents=latents,

@@ -78,6 +78,7 @@ class WindowConditions:
     text_guide_scale: float
     audio_guide_scale: float
     weight_dtype: torch.dtype
+    true_length_last_window: bool = False  # see __call__'s last_window_true_length
 
 
 # Called after every denoising step with (pipeline, step_index, timestep, latents_all).
@@ -179,6 +180,11 @@ class StableAvatarPipeline(DiffusionPipeline):
         """The DiT's CFG rows [3, 16, f, H/8, W/8] (no audio, audio, audio + text) for one window,
         or only ``rows`` of them ([len(rows), ...]; CFG-row parallelism)."""
         f = window.num_frames
+        seq_len, clip_length = cond.seq_len, cond.clip_length
+        if cond.true_length_last_window and f < frames_per_window(clip_length):
+            # Not the original: the short last window runs at its own length (no padding tokens,
+            # f audio slots spread over its own audio) instead of padded to a full window.
+            seq_len, clip_length = seq_len // frames_per_window(clip_length) * f, 4 * (f - 1) + 1
         device = latents.device
         audio = cond.audio_features[window.index].to(device)
         vocal = torch.cat([torch.zeros_like(audio), audio, audio])
@@ -189,12 +195,12 @@ class StableAvatarPipeline(DiffusionPipeline):
                 x=latents.repeat(3, 1, 1, 1, 1),
                 t=t.expand(3),
                 context=cond.context,
-                seq_len=cond.seq_len,
+                seq_len=seq_len,
                 clip_fea=cond.clip_context,
                 y=cond.y[:, :, :f],
                 vocal_embeddings=vocal,
                 is_clip_level_modeling=False,
-                video_sample_n_frames=cond.clip_length,
+                video_sample_n_frames=clip_length,
                 rows=rows,
             )
         return noise_pred
@@ -236,6 +242,7 @@ class StableAvatarPipeline(DiffusionPipeline):
         callback_on_step_end: StepCallback | None = None,
         start_step: int = 0,
         end_step: int | None = None,
+        last_window_true_length: bool = False,
         prompt_embeds: list[torch.Tensor] | None = None,
     ) -> StableAvatarPipelineOutput:
         """
@@ -248,6 +255,9 @@ class StableAvatarPipeline(DiffusionPipeline):
         output_type: "pt" | "np" (whole video in [0, 1]), "stream" (iterator of decoded chunks),
             "latent" (no decode).
         callback_on_step_end: called after every step with (pipe, step, t, latents_all).
+        last_window_true_length: run the shorter last window at its true length instead of padding
+            it to a full window (the original pads). Less work on that window and its audio slots
+            line up with its own frames; NOT the original's numbers for the last window's frames.
         end_step: stop after this many steps of the ``num_inference_steps`` schedule (benchmarks,
             debugging; the result is then a partially denoised video).
         prompt_embeds: precomputed ``[negative, positive]`` umT5 embeddings ([L_i, 4096] each,
@@ -283,7 +293,9 @@ class StableAvatarPipeline(DiffusionPipeline):
         # 4. Denoising: every step visits every window, left to right.
         if start_step:
             logger.info(f"resuming at step {start_step} of {num_inference_steps}")
-        cond = WindowConditions(context, clip_context, y, features, seq_len, clip_length, text_guide_scale, audio_guide_scale, weight_dtype)
+        cond = WindowConditions(
+            context, clip_context, y, features, seq_len, clip_length, text_guide_scale, audio_guide_scale, weight_dtype, last_window_true_length
+        )
         with self.progress_bar(total=((end_step or num_inference_steps) - start_step) * len(windows)) as bar:
             for i, t in enumerate(timesteps):
                 if i < start_step:
