@@ -96,3 +96,21 @@ def test_last_window_true_length_changes_only_the_last_window(tiny_pipe):
     last = base.windows[-1]
     torch.testing.assert_close(short.latents[:, :, : last.start], base.latents[:, :, : last.start], rtol=0, atol=0)
     assert not torch.equal(short.latents[:, :, last.start :], base.latents[:, :, last.start :])
+
+
+def test_memory_does_not_grow_with_video_length(tiny_pipe, tmp_path):
+    """Decode + mp4 writing of a 4x longer video holds no more tensor memory: frames stream from
+    the VAE into the encoder, the decoded video is never held whole."""
+    from wan.testing.memory import LiveTensorBytes
+    from wan.utils.video_io import decoded_to_uint8, write_video
+
+    peaks, frames = [], []
+    for seconds in (2.0, 8.0):
+        out = _run(tiny_pipe, _speech(seconds), height=64, width=64, clip_length=33, overlap_window_length=2, num_inference_steps=1, output_type="stream")
+        with torch.no_grad(), LiveTensorBytes() as meter:
+            written = write_video(tmp_path / f"{seconds}.mp4", (decoded_to_uint8(c) for c in out.videos), progress=False)
+        peaks.append(meter.peak)
+        frames.append(written.num_frames)
+    extra_video_bytes = (frames[1] - frames[0]) * 3 * 64 * 64 * 4  # the extra frames as float32
+    assert frames == [49, 197]
+    assert peaks[1] - peaks[0] <= 0.05 * extra_video_bytes, f"peak grew from {peaks[0]} to {peaks[1]} bytes"
