@@ -79,6 +79,7 @@ def run_case(pipe, name: str, height: int, width: int, frames: int, steps: int, 
     emit(
         bench="inference",
         case=name + ("+last_window_true_length" if call.get("last_window_true_length") else ""),
+        compiled=getattr(pipe.transformer, "_compiled_blocks", False),
         size=f"{height}x{width}",
         video_frames=frames,
         wrote_mp4=wrote_mp4,
@@ -99,6 +100,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=4, help="denoising steps actually run per case")
     p.add_argument("--tiny", action="store_true")
     p.add_argument("--last_window_true_length", action="store_true", help="also run each multi-window case with the short last window unpadded")
+    p.add_argument("--compile", action="store_true", help="regional torch.compile of the DiT blocks (the --compile flag of inference.py)")
     args = p.parse_args()
     device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
     if args.tiny:
@@ -114,6 +116,8 @@ def main() -> None:
         pipe = random_pipeline(device=device)
         cases = {k: CASES[k] for k in args.cases.split(",")}
     pipe.set_progress_bar_config(disable=True)
+    if args.compile:
+        pipe.transformer.compile_blocks()
     for name, (h, w, frames) in cases.items():
         run_case(pipe, name, h, w, frames, args.steps, 50, device)
         if args.last_window_true_length and frames > 84:

@@ -331,6 +331,7 @@ class WanAvatarTransformer3DModel(ModelMixin, ConfigMixin):
         inductor_config.emulate_precision_casts = True
         for block in self.blocks:
             block.compile(**compile_kwargs)
+        self._compiled_blocks = True
 
     def unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         """[B, L, prod(patch)*C] (padding tokens past f*h*w dropped) -> [B, C, F*pt, h*ph, w*pw]."""
