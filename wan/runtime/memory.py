@@ -47,10 +47,11 @@ NEXT_MEMORY_MODE: dict[str, str | None] = {
 FP8_EXTRA_SKIP_PATTERNS = ("vocal_projector",)
 FP8_STORAGE_DTYPE = torch.float8_e4m3fn
 
-# Submodules whose weights are read directly, not through their own forward, so accelerate's
-# per-leaf hooks never load them: the DiT's fp32 timestep MLPs (``_fp32_sequential``, 17M parameters
-# at 1.3B) and umT5's relative-position tables (which take their device from the weight). Sequential
-# offload keeps them resident on the GPU. Keys: pipeline component; values: module-name suffixes.
+# Submodules whose weights may be read directly, not through their own forward, so accelerate's
+# per-leaf hooks would not load them: the DiT's fp32 timestep MLPs (``_fp32_sequential`` upcasts
+# Linear weights by hand off CUDA; 17M parameters at 1.3B) and umT5's relative-position tables
+# (which take their device from the weight). Sequential offload keeps them resident on the GPU.
+# Keys: pipeline component; values: module-name suffixes.
 RESIDENT_IN_SEQUENTIAL: dict[str, tuple[str, ...]] = {
     "transformer": ("time_embedding", "time_projection"),
     "text_encoder": ("pos_embedding",),
