@@ -1,0 +1,87 @@
+"""Command line of ``app.py`` and where the checkpoints are.
+
+Checkpoint paths come from, in order: the flags; ``STABLEAVATAR_CHECKPOINTS=DIR`` (a folder in the
+original layout, e.g. the one ``python -m wan.testing.tiny_checkpoints DIR`` writes; its
+``wan_civitai_tiny.yaml`` is used when present); ``checkpoints/`` of the repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CHECKPOINTS_ENV = "STABLEAVATAR_CHECKPOINTS"
+BASE_NAME = "Wan2.1-Fun-V1.1-1.3B-InP"
+TRANSFORMER_NAME = Path("StableAvatar-1.3B") / "transformer3d-square.pt"
+WAV2VEC_NAME = "wav2vec2-base-960h"
+TINY_YAML = "wan_civitai_tiny.yaml"
+DEFAULT_YAML = REPO_ROOT / "deepspeed_config" / "wan2.1" / "wan_civitai.yaml"
+VOCAL_MODEL = Path("checkpoints") / "Kim_Vocal_2.onnx"
+
+logger = logging.getLogger("wan.app")
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    pretrained_model_name_or_path: Path
+    transformer_path: Path | None
+    pretrained_wav2vec_path: Path
+    config_path: Path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="app.py",
+        description="StableAvatar web app: reference image + audio -> talking-avatar video, in the browser.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    g = p.add_argument_group("server")
+    g.add_argument("--server_name", default="127.0.0.1", help="address to bind; 0.0.0.0 exposes the app to your network")
+    g.add_argument("--server_port", type=int, default=7891, help="port")
+    g.add_argument("--share", action="store_true", help="also open a public gradio.live link (sends traffic through Gradio's servers)")
+    g.add_argument("--mcp_server", action="store_true", help="serve the app as an MCP tool too (needs gradio[mcp]; warned and ignored without it)")
+    g.add_argument("--language", choices=("English", "中文"), default="English", help="initial page language (a toggle in the page switches it)")
+    g.add_argument("--inbrowser", action="store_true", help="open the page in the default browser (the original always did)")
+
+    g = p.add_argument_group(f"models (default: ${CHECKPOINTS_ENV} if set, else checkpoints/)")
+    g.add_argument("--pretrained_model_name_or_path", default=None, help=f"Wan2.1-Fun base folder (default <checkpoints>/{BASE_NAME})")
+    g.add_argument("--transformer_path", default=None, help=f"StableAvatar DiT weights (default <checkpoints>/{TRANSFORMER_NAME})")
+    g.add_argument("--pretrained_wav2vec_path", default=None, help=f"wav2vec2 folder (default <checkpoints>/{WAV2VEC_NAME})")
+    g.add_argument("--config_path", default=None, help=f"model yaml (default <checkpoints>/{TINY_YAML} if present, else deepspeed_config/wan2.1/wan_civitai.yaml)")
+    g.add_argument("--vocal_separator_model", default=str(VOCAL_MODEL), help="Kim_Vocal_2.onnx for the vocal separation tab")
+    g.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    g.add_argument("--attention_backend", default=None, help="attention backend passed to load_pipeline (default: the pipeline's)")
+
+    g = p.add_argument_group("limits and files")
+    g.add_argument("--output_dir", default="outputs", help="results go to <output_dir>/<timestamp>_<id>/ (one folder per request)")
+    g.add_argument("--max_upload_mb", type=float, default=100.0, help="largest upload accepted, in MB (also enforced by the server)")
+    g.add_argument("--max_duration_s", type=float, default=300.0, help="longest audio/video accepted, in seconds")
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    if args.max_upload_mb <= 0 or args.max_duration_s <= 0:
+        build_parser().error("--max_upload_mb and --max_duration_s must be positive")
+    return args
+
+
+def resolve_checkpoints(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> CheckpointConfig:
+    """Checkpoint paths from the flags, then ``$STABLEAVATAR_CHECKPOINTS``, then ``checkpoints/``.
+    Nothing is checked here: a missing file is reported in the page when the pipeline first loads."""
+    environ = os.environ if environ is None else environ
+    root = Path(environ[CHECKPOINTS_ENV]) if environ.get(CHECKPOINTS_ENV) else REPO_ROOT / "checkpoints"
+    config = args.config_path
+    if config is None:
+        config = root / TINY_YAML if (root / TINY_YAML).is_file() else DEFAULT_YAML
+    return CheckpointConfig(
+        pretrained_model_name_or_path=Path(args.pretrained_model_name_or_path or root / BASE_NAME),
+        transformer_path=Path(args.transformer_path) if args.transformer_path else root / TRANSFORMER_NAME,
+        pretrained_wav2vec_path=Path(args.pretrained_wav2vec_path or root / WAV2VEC_NAME),
+        config_path=Path(config),
+    )
