@@ -51,6 +51,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--tiling", action="store_true", help="also time the opt-in spatially tiled decode")
+    p.add_argument("--reference", action="store_true", help="also time diffusers' concatenating decode loop (the original's pattern)")
+    p.add_argument("--only-decode", action="store_true", help="decode rows only (skip encode, streaming, long decode)")
     p.add_argument("--tile", default="256,192", help="tile size,stride in pixels for --tiling")
     p.add_argument("--tiny", action="store_true", help="narrow VAE (base_dim 8), 64x64, 3 latent frames, float32 on CPU")
     args = p.parse_args()
@@ -68,8 +70,10 @@ def main() -> None:
         vae = build(device, dtype, args.tiny)
 
         def row(bench: str, shape: list[int], fn, **extra) -> None:
-            reset_peak()
-            median, times = timed(fn, warmup=args.warmup, repeat=args.repeat)
+            for _ in range(args.warmup):
+                fn()
+            reset_peak()  # the peak of the timed runs only (first-call allocations excluded)
+            median, times = timed(fn, warmup=0, repeat=args.repeat)
             peak = peak_gib()
             emit(bench=f"vae_{bench}", dtype=dtype_name, shape=shape, median_s=round(median, 4),
                  runs_s=[round(t, 4) for t in times], peak_gib=None if peak is None else round(peak, 2),
@@ -82,6 +86,11 @@ def main() -> None:
             assert out.shape == (1, 3, frames, h, w) and torch.isfinite(out.float()).all(), "bad decode output"
             del out
             row("decode", list(z.shape), lambda: vae.decode(z))
+            if args.reference:
+                # diffusers' own loop (frame after frame, concatenated): the original's memory pattern.
+                row("decode_diffusers_loop", list(z.shape), lambda: vae.model.decode(vae.denormalize_latents(z)).sample)
+            if args.only_decode:
+                continue
             row("encode", list(video.shape), lambda: vae.encode(video))
             del video
             long_z = torch.randn(1, 16, lat * args.long_factor, h // 8, w // 8, generator=gen).to(device, dtype)
