@@ -9,7 +9,6 @@ and a screenshot (``UPDATE_APP_SCREENSHOT=1`` copies it to docs/images/app.png).
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -173,5 +172,8 @@ def test_generate_video_with_sound(page, server, speech_2s, tmp_path):
     shot = tmp_path / "app.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
-    if os.environ.get("UPDATE_APP_SCREENSHOT"):
-        shutil.copyfile(shot, REPO / "docs" / "images" / "app.png")
+    if os.environ.get("UPDATE_APP_SCREENSHOT"):  # docs/images/app.png, as a 256-colour PNG to stay small
+        from PIL import Image
+
+        with Image.open(shot) as img:
+            img.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(REPO / "docs" / "images" / "app.png", optimize=True)

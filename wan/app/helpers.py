@@ -129,17 +129,18 @@ def new_request_dir(root: str | os.PathLike, now: datetime | None = None) -> Pat
 
 
 def media_duration(path: str | os.PathLike) -> float:
-    """Duration in seconds of an audio/video file (PyAV, container header; streams as fallback)."""
+    """Duration in seconds of the audio/video streams of a file (PyAV, from the headers).
+    AppError if FFmpeg cannot open it or it has neither audio nor video."""
     import av
 
+    name = Path(path).name
     try:
         with av.open(str(path)) as container:
+            streams = [s for s in container.streams if s.type in ("audio", "video")]
+            if not streams:
+                raise AppError(f"cannot read {name!r}: no audio or video in it")
             if container.duration:
                 return container.duration / av.time_base
-            best = 0.0
-            for stream in container.streams:
-                if stream.duration and stream.time_base:
-                    best = max(best, float(stream.duration * stream.time_base))
-            return best
+            return max((float(s.duration * s.time_base) for s in streams if s.duration and s.time_base), default=0.0)
     except av.error.FFmpegError as err:
-        raise AppError(f"cannot read {Path(path).name!r}: {err}") from None
+        raise AppError(f"cannot read {name!r}: {err}") from None

@@ -228,7 +228,7 @@ class AvatarService:
         except torch.cuda.OutOfMemoryError:
             raise AppError(f"Out of GPU memory: {oom_advice(req.memory_mode)} (choose it under Model Settings)") from None
         progress(1.0, "done")
-        message = f"Generated {written.path} ({written.num_frames} frames, {written.duration:.2f} s, {width}x{height}, seed {seed}) / 已生成"
+        message = f"Generated {_shown(written.path)} ({written.num_frames} frames, {written.duration:.2f} s, {width}x{height}, seed {seed}) / 已生成"
         return GenerateResult(video=written.path, seed=seed, message=message)
 
     @staticmethod
@@ -261,7 +261,7 @@ class AvatarService:
             raise AppError(f"Audio extraction failed: {str(err).replace(str(tmp), '<upload>')}") from None
         finally:
             _cleanup(out, tmp)
-        return target, f"Generated {target} / 已生成"
+        return target, f"Generated {_shown(target)} / 已生成"
 
     def separate_vocals(self, audio: str | None) -> tuple[Path, str]:
         if not audio:
@@ -284,7 +284,15 @@ class AvatarService:
             raise AppError(f"Vocal separation failed: {str(err).replace(str(tmp), '<upload>')}") from None
         finally:
             _cleanup(out, tmp)
-        return target, f"Generated {target} / 已生成"
+        return target, f"Generated {_shown(target)} / 已生成"
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory when it is inside it (outputs/...), else absolute."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _cleanup(out: Path, tmp: Path) -> None:

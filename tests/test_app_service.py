@@ -1,0 +1,129 @@
+"""The app's actions without a browser: messages for bad input, the pipeline loaded once and reused,
+per-request output folders, the preprocessing tabs, and the page's queue settings."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import av
+import pytest
+
+from tests.conftest import EXAMPLES
+from wan.app.config import CheckpointConfig, parse_args, resolve_checkpoints
+from wan.app.helpers import AppError
+from wan.app.service import AvatarService, GenerateRequest, Limits, PipelineCache
+
+IMAGE = str(EXAMPLES / "case-2" / "reference.png")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> CheckpointConfig:
+    from wan.testing.tiny_checkpoints import write_tiny_checkpoints
+
+    root = tmp_path_factory.mktemp("ckpt")
+    write_tiny_checkpoints(root)
+    return resolve_checkpoints(parse_args([]), environ={"STABLEAVATAR_CHECKPOINTS": str(root)})
+
+
+@pytest.fixture(scope="module")
+def speech_2s(tmp_path_factory) -> str:
+    import soundfile as sf
+
+    from wan.audio import load_audio
+
+    path = tmp_path_factory.mktemp("audio") / "speech 2s (copy).wav"
+    sf.write(path, load_audio(EXAMPLES / "case-2" / "audio.wav")[:32000], 16000)
+    return str(path)
+
+
+def make_service(checkpoints: CheckpointConfig, tmp_path: Path, **limits) -> AvatarService:
+    return AvatarService(
+        PipelineCache(checkpoints, device="cpu"),
+        output_root=tmp_path / "outputs",
+        temp_root=tmp_path / "tmp",
+        limits=Limits(**limits),
+        vocal_model=tmp_path / "missing" / "Kim_Vocal_2.onnx",
+    )
+
+
+def small(**kw) -> GenerateRequest:
+    return GenerateRequest(**{"width": 64, "height": 64, "steps": 2, "clip_length": 33, "overlap": 4, "seed": 7, **kw})
+
+
+def leftovers(service: AvatarService) -> list[Path]:
+    return [p for root in (service.output_root, service.temp_root) if root.exists() for p in root.iterdir()]
+
+
+def test_missing_inputs_are_messages_and_load_nothing(tiny, speech_2s, tmp_path):
+    service = make_service(tiny, tmp_path)
+    with pytest.raises(AppError, match="reference image"):
+        service.generate(small(image=None, audio=speech_2s))
+    with pytest.raises(AppError, match="driving audio"):
+        service.generate(small(image=IMAGE, audio=None))
+    with pytest.raises(AppError, match="4k\\+1"):
+        service.generate(small(image=IMAGE, audio=speech_2s, clip_length=32))
+    with pytest.raises(AppError, match="unsupported file type"):
+        service.generate(small(image=str(EXAMPLES / "case-2" / "audio.wav"), audio=speech_2s))
+    with pytest.raises(AppError, match="above the limit of 1 s"):
+        make_service(tiny, tmp_path, max_duration_s=1).generate(small(image=IMAGE, audio=speech_2s))
+    assert service.pipelines.loads == 0
+    assert leftovers(service) == [], "failed requests leave no folders behind"
+
+
+def test_missing_checkpoint_is_a_message(tiny, speech_2s, tmp_path):
+    broken = CheckpointConfig(tmp_path / "nowhere" / "Wan2.1-Fun-V1.1-1.3B-InP", tiny.transformer_path, tiny.pretrained_wav2vec_path, tiny.config_path)
+    service = make_service(broken, tmp_path)
+    with pytest.raises(AppError) as err:
+        service.generate(small(image=IMAGE, audio=speech_2s))
+    text = str(err.value)
+    assert "could not be loaded" in text and "nowhere" in text and "Traceback" not in text
+    assert leftovers(service) == []
+
+
+def test_generate_twice_loads_once_and_writes_per_request_folders(tiny, speech_2s, tmp_path):
+    service = make_service(tiny, tmp_path)
+    seen: list[tuple[float, str]] = []
+    first = service.generate(small(image=IMAGE, audio=speech_2s), lambda f, d: seen.append((f, d)))
+    second = service.generate(small(image=IMAGE, audio=speech_2s, seed=-1))
+    assert service.pipelines.loads == 1, "the pipeline is built on first use and reused"
+    assert first.seed == 7 and 0 <= second.seed < 2**31 and f"seed {second.seed}" in second.message
+    assert first.video.parent != second.video.parent
+    assert {p.parent.parent for p in (first.video, second.video)} == {service.output_root}
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert any("denoising step 2/2 (2 windows each)" in d for _, d in seen)  # 2 s, clip 33, overlap 4: 2 windows
+    with av.open(str(first.video)) as container:
+        assert container.streams.video and container.streams.audio
+        assert (container.streams.video[0].width, container.streams.video[0].height) == (64, 64)
+    assert not list(service.temp_root.glob("*/*")), "staged uploads are removed"
+
+    # The audio extraction tab on that video (if the preprocessing module exists in this checkout).
+    if importlib.util.find_spec("wan.preprocess.audio_extract") is None:
+        with pytest.raises(AppError, match="not available"):
+            service.extract_audio(str(first.video))
+    else:
+        wav, message = service.extract_audio(str(first.video))
+        assert wav.is_file() and wav.parent.parent == service.output_root and "Generated" in message
+
+
+def test_vocal_separation_without_model_names_it(tiny, speech_2s, tmp_path):
+    service = make_service(tiny, tmp_path)
+    with pytest.raises(AppError, match="Kim_Vocal_2.onnx is missing"):
+        service.separate_vocals(speech_2s)
+    with pytest.raises(AppError, match="upload an audio"):
+        service.separate_vocals(None)
+    with pytest.raises(AppError, match="upload a video"):
+        service.extract_audio(None)
+
+
+def test_page_queues_generation_one_at_a_time(tiny, tmp_path):
+    pytest.importorskip("gradio")
+    import app
+
+    demo = app.build_demo(make_service(tiny, tmp_path), "中文")
+    generate = [fn for fn in demo.fns.values() if getattr(fn.fn, "__name__", "") == "generate"]
+    assert len(generate) == 3  # button, prompt submit, negative prompt submit
+    assert {(fn.concurrency_limit, fn.concurrency_id) for fn in generate} == {(1, "generate")}
+    button = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "generate")
+    assert "开始生成" in button.value
