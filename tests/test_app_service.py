@@ -77,7 +77,7 @@ def test_missing_checkpoint_is_a_message(tiny, speech_2s, tmp_path):
     with pytest.raises(AppError) as err:
         service.generate(small(image=IMAGE, audio=speech_2s))
     text = str(err.value)
-    assert "could not be loaded" in text and "nowhere" in text and "Traceback" not in text
+    assert "could not be loaded" in text and "nowhere" in text and "download it with" in text and "Traceback" not in text
     assert leftovers(service) == []
 
 
@@ -127,3 +127,31 @@ def test_page_queues_generation_one_at_a_time(tiny, tmp_path):
     assert {(fn.concurrency_limit, fn.concurrency_id) for fn in generate} == {(1, "generate")}
     button = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "generate")
     assert "开始生成" in button.value
+
+
+def test_vocal_separation_with_a_model(tiny, speech_2s, tmp_path):
+    """The tab end to end with a stand-in MDX model (an ONNX identity: 'vocals' = the whole mix)."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    from wan.preprocess.vocal_separation import KIM_VOCAL_2
+
+    shape = ["B", 4, KIM_VOCAL_2.dim_f, KIM_VOCAL_2.dim_t]
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["input"], ["output"])],
+        "identity_mdx",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, shape)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "Kim_Vocal_2.onnx")
+    service = AvatarService(PipelineCache(tiny), tmp_path / "outputs", tmp_path / "tmp", Limits(), tmp_path / "Kim_Vocal_2.onnx")
+    wav, message = service.separate_vocals(speech_2s)
+    import soundfile as sf
+
+    info = sf.info(wav)
+    assert wav.parent.parent == service.output_root and "Generated" in message
+    assert info.samplerate == KIM_VOCAL_2.sample_rate and abs(info.duration - 2.0) < 0.05
+    assert service.pipelines.loads == 0 and not list(service.temp_root.glob("*/*"))

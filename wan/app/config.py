@@ -38,14 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="app.py",
         description="StableAvatar web app: reference image + audio -> talking-avatar video, in the browser.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     g = p.add_argument_group("server")
-    g.add_argument("--server_name", default="127.0.0.1", help="address to bind; 0.0.0.0 exposes the app to your network")
-    g.add_argument("--server_port", type=int, default=7891, help="port")
+    g.add_argument("--server_name", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes the app to your network)")
+    g.add_argument("--server_port", type=int, default=7891, help="port (default 7891)")
     g.add_argument("--share", action="store_true", help="also open a public gradio.live link (sends traffic through Gradio's servers)")
     g.add_argument("--mcp_server", action="store_true", help="serve the app as an MCP tool too (needs gradio[mcp]; warned and ignored without it)")
-    g.add_argument("--language", choices=("English", "中文"), default="English", help="initial page language (a toggle in the page switches it)")
+    g.add_argument("--language", choices=("English", "中文"), default="English", help="initial page language, English (default) or 中文; a toggle in the page switches it")
     g.add_argument("--inbrowser", action="store_true", help="open the page in the default browser (the original always did)")
 
     g = p.add_argument_group(f"models (default: ${CHECKPOINTS_ENV} if set, else checkpoints/)")
@@ -53,14 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--transformer_path", default=None, help=f"StableAvatar DiT weights (default <checkpoints>/{TRANSFORMER_NAME})")
     g.add_argument("--pretrained_wav2vec_path", default=None, help=f"wav2vec2 folder (default <checkpoints>/{WAV2VEC_NAME})")
     g.add_argument("--config_path", default=None, help=f"model yaml (default <checkpoints>/{TINY_YAML} if present, else deepspeed_config/wan2.1/wan_civitai.yaml)")
-    g.add_argument("--vocal_separator_model", default=str(VOCAL_MODEL), help="Kim_Vocal_2.onnx for the vocal separation tab")
+    g.add_argument("--vocal_separator_model", default=str(VOCAL_MODEL), help=f"Kim_Vocal_2.onnx for the vocal separation tab (default {VOCAL_MODEL})")
     g.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    g.add_argument("--attention_backend", default=None, help="attention backend passed to load_pipeline (default: the pipeline's)")
+    g.add_argument("--attention_backend", default=None, help="sdpa_unmasked (the default: the released model's exact outputs), sdpa, flash2 or flash3; as inference.py")
 
     g = p.add_argument_group("limits and files")
-    g.add_argument("--output_dir", default="outputs", help="results go to <output_dir>/<timestamp>_<id>/ (one folder per request)")
-    g.add_argument("--max_upload_mb", type=float, default=100.0, help="largest upload accepted, in MB (also enforced by the server)")
-    g.add_argument("--max_duration_s", type=float, default=300.0, help="longest audio/video accepted, in seconds")
+    g.add_argument("--output_dir", default="outputs", help="results go to <output_dir>/<timestamp>_<id>/, one folder per request (default outputs)")
+    g.add_argument("--max_upload_mb", type=float, default=100.0, help="largest upload accepted, in MB (default 100; also enforced by the server)")
+    g.add_argument("--max_duration_s", type=float, default=300.0, help="longest audio/video accepted, in seconds (default 300)")
     return p
 
 

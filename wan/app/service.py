@@ -105,7 +105,7 @@ class PipelineCache:
                     device=self.device,
                 )
             except (FileNotFoundError, CheckpointError, ValueError, RuntimeError) as err:
-                logger.exception("loading the pipeline failed")
+                logger.error("loading the pipeline failed: %s", err)
                 raise AppError(f"The models could not be loaded:\n{err}\n(see checkpoints/README.md; model paths: app.py --help)") from None
             self._pipe, self._mode = pipe, memory_mode
             self.loads += 1
