@@ -139,6 +139,24 @@ def test_language_toggle_relabels(page):
     page.wait_for_function("() => document.querySelector('#generate').innerText.includes('Generate')")
 
 
+def number(page, elem_id: str) -> str:
+    return page.locator(f"#{elem_id} input[type=number]").input_value()
+
+
+def test_adjust_and_swap_size(page):
+    page.click("#adjust")  # no image yet: a message, sizes unchanged
+    page.wait_for_function("() => document.querySelector('#status textarea').value.includes('reference image')")
+    assert (number(page, "width"), number(page, "height")) == ("512", "512")
+    page.locator("#image input[type=file]").set_input_files(str(EXAMPLES / "case-2" / "reference.png"))  # 1020x1006
+    page.locator("#image img").wait_for()
+    page.click("#adjust")
+    page.wait_for_function("() => document.querySelector('#height input[type=number]').value === '496'")
+    assert number(page, "width") == "512"
+    page.click("#swap")
+    page.wait_for_function("() => document.querySelector('#width input[type=number]').value === '496'")
+    assert number(page, "height") == "512"
+
+
 def test_generate_video_with_sound(page, server, speech_2s, tmp_path):
     page.locator("#image input[type=file]").set_input_files(str(EXAMPLES / "case-2" / "reference.png"))
     page.locator("#audio input[type=file]").set_input_files(str(speech_2s))
