@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 FACE_PHOTOS = sorted((REPO / "examples").glob("case-*/reference.png"))
 VIDEO_SIZE = (512, 512)  # W, H of the test video (a "square" bucket clip)
 VIDEO_FPS = 25
+VIDEO_FRAMES = 50  # 2 s
 
 
 def astronaut() -> np.ndarray:
@@ -48,13 +49,9 @@ def talking_video(tmp_path_factory, speech_wav) -> Path:
     d = tmp_path_factory.mktemp("video")
     frames = d / "frames"
     frames.mkdir()
-    photos = face_photos()[:4]
-    i = 0
-    for _, rgb in photos:
-        img = Image.fromarray(rgb).resize(VIDEO_SIZE)
-        for _ in range(VIDEO_FPS // 2):
-            img.save(frames / f"{i:04d}.png")
-            i += 1
+    photos = [Image.fromarray(rgb).resize(VIDEO_SIZE) for _, rgb in face_photos()[:4]]
+    for i in range(VIDEO_FRAMES):
+        photos[i * len(photos) // VIDEO_FRAMES].save(frames / f"{i:04d}.png")
     out = d / "talk.mp4"
     run_ffmpeg(
         ["-framerate", str(VIDEO_FPS), "-i", str(frames / "%04d.png"), "-i", str(speech_wav), "-c:v", "libx264", "-pix_fmt", "yuv420p",

@@ -1,0 +1,79 @@
+"""A short video of real faces: frames -> masks -> path list -> the training dataset reads it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from wan.data.dataset import TalkingVideoDataset, sorted_frames
+from wan.preprocess.frames import extract_frames, prepare_videos, write_path_lists
+from wan.preprocess.lip_masks import extract_masks
+
+from .conftest import REPO, VIDEO_FPS, VIDEO_FRAMES, VIDEO_SIZE, read_wav
+
+
+def test_video_to_training_list(talking_video, tmp_path):
+    root = tmp_path / "talking_face_data"
+    (clip,) = prepare_videos([talking_video], root / "square" / "speech", progress=False)
+    assert clip.name == "00001"
+    frames = sorted_frames(clip / "images")
+    assert len(frames) == VIDEO_FRAMES and frames[0] == "frame_0.png" and frames[-1] == f"frame_{VIDEO_FRAMES - 1}.png"
+    assert Image.open(clip / "images" / "frame_0.png").size == VIDEO_SIZE
+    assert read_wav(clip / "audio.wav")[1] == 16000 and (clip / "sub_clip.mp4").stat().st_size == talking_video.stat().st_size
+    assert write_path_lists(root) == {}  # no masks yet: the clip is not listed
+
+    counts = extract_masks([clip], ("lip", "face"), progress=False)
+    assert counts["written"] == len(frames) and counts["no_face"] == 0
+    lips = [np.array(Image.open(clip / "lip_masks" / f)) for f in frames]
+    assert all(m.shape == VIDEO_SIZE[::-1] and m.any() for m in lips)
+
+    lists = write_path_lists(root)
+    assert lists == {"square": [str(clip.resolve())]}
+    assert (root / "video_square_path.txt").read_text().splitlines() == [str(clip.resolve())]
+    # Re-running is a no-op that keeps the numbering; a second video gets 00002.
+    assert prepare_videos([talking_video], root / "square" / "speech", progress=False) == [clip]
+
+    ds = TalkingVideoDataset(root / "video_square_path.txt", width=64, height=64, n_sample_frames=9)
+    item = ds[(0, 1)]
+    assert item["pixel_values"].shape == (9, 3, 64, 64) and item["text_prompt"] == "The protagonist is talking"
+    assert 0 < item["tgt_lip_masks"].mean() < item["tgt_face_masks"].mean() < 1
+    assert item["vocal_input_values"].shape == (int(round(9 / VIDEO_FPS * 16000)),)
+
+
+def test_frames_step_is_atomic_and_skips_done_folders(talking_video, tmp_path, monkeypatch):
+    from wan.preprocess import frames as frames_mod
+
+    images = tmp_path / "clip" / "images"
+
+    def failing_ffmpeg(args, what):
+        (tmp_path / "clip" / f".images.tmp-{__import__('os').getpid()}" / "frame_0.png").write_bytes(b"partial")
+        raise RuntimeError("ffmpeg died")
+
+    monkeypatch.setattr(frames_mod, "run_ffmpeg", failing_ffmpeg)
+    with pytest.raises(RuntimeError):
+        extract_frames(talking_video, images)
+    assert sorted(p.name for p in (tmp_path / "clip").iterdir()) == []  # no images/, no temp folder
+    monkeypatch.undo()
+    extract_frames(talking_video, images)
+    n = len(list(images.iterdir()))
+    (images / "frame_0.png").unlink()
+    extract_frames(talking_video, images)  # an existing images/ is kept as it is
+    assert len(list(images.iterdir())) == n - 1
+
+
+def test_cli_from_videos_dir(talking_video, silent_video, tmp_path):
+    videos = tmp_path / "raw"
+    videos.mkdir()
+    (videos / "a.mp4").symlink_to(talking_video)
+    root = tmp_path / "data"
+    cmd = [sys.executable, "-m", "wan.preprocess.frames", f"--videos_dir={videos}", f"--data_root={root}", "--bucket=rec", "--category=singing"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert (root / "rec" / "singing" / "00001" / "images" / f"frame_{VIDEO_FRAMES - 1}.png").is_file()
+    (videos / "b.mp4").symlink_to(silent_video)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 1 and "b.mp4 has no audio stream" in proc.stderr

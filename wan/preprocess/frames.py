@@ -1,0 +1,163 @@
+"""Raw videos -> training clip folders -> path lists (the layout wan/data/dataset.py reads).
+
+One video:
+    python -m wan.preprocess.frames --video raw/talk.mp4 --clip_dir talking_face_data/rec/speech/00001
+Every video of a folder, numbered 00001, 00002, ... under a bucket/category, masks included, lists refreshed:
+    python -m wan.preprocess.frames --videos_dir raw/ --data_root talking_face_data --bucket rec --category speech --masks
+Only the lists (after adding clips by hand):
+    python -m wan.preprocess.frames --data_root talking_face_data --lists_only
+
+A clip folder gets ``sub_clip.mp4`` (a copy of the video: the dataset reads its frame rate), ``audio.wav``
+(16 kHz mono, audio_extractor) and ``images/frame_<i>.png`` from ``frame_0`` on (the README's
+``ffmpeg -i video -q:v 1 -start_number 0 images/frame_%d.png``). Every output appears atomically (the frames
+are decoded into a hidden folder that is renamed to images/), so re-running resumes after an interruption.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .audio_extract import extract_audio
+from .common import atomic_output, probe_streams, run_ffmpeg
+
+BUCKETS = ("square", "rec", "vec")
+CATEGORIES = ("speech", "singing", "dancing")
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
+SOURCE_FILE = "source.txt"  # which raw video a clip folder was made from (keeps numbering stable on re-runs)
+
+
+def extract_frames(video: str | os.PathLike, images_dir: str | os.PathLike) -> Path:
+    """Decode every frame of ``video`` to ``images_dir/frame_<i>.png`` (i from 0); skipped if images_dir exists."""
+    video, images_dir = Path(video), Path(images_dir)
+    if images_dir.is_dir() and any(images_dir.iterdir()):
+        return images_dir
+    n_video, _ = probe_streams(video)
+    if n_video == 0:
+        raise ValueError(f"{video} has no video stream")
+    tmp = images_dir.with_name(f".{images_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        run_ffmpeg(["-i", str(video), "-map", "0:v:0", "-q:v", "1", "-start_number", "0", str(tmp / "frame_%d.png")], f"extracting the frames of {video}")
+        if images_dir.exists():
+            images_dir.rmdir()  # an empty leftover
+        os.replace(tmp, images_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return images_dir
+
+
+def prepare_clip(video: str | os.PathLike, clip_dir: str | os.PathLike) -> Path:
+    """Make ``clip_dir`` (sub_clip.mp4, audio.wav, images/) from one raw video; finished parts are kept."""
+    video, clip_dir = Path(video), Path(clip_dir)
+    _, n_audio = probe_streams(video)
+    if n_audio == 0:
+        raise ValueError(f"{video} has no audio stream; training clips need their sound (audio.wav)")
+    clip_dir.mkdir(parents=True, exist_ok=True)
+    (clip_dir / SOURCE_FILE).write_text(str(video.resolve()) + "\n")
+    if not (clip_dir / "sub_clip.mp4").is_file():
+        with atomic_output(clip_dir / "sub_clip.mp4") as tmp:
+            if video.suffix.lower() == ".mp4":
+                shutil.copyfile(video, tmp)
+            else:
+                run_ffmpeg(["-i", str(video), "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", str(tmp)], f"converting {video} to mp4")
+    if not (clip_dir / "audio.wav").is_file():
+        extract_audio(video, clip_dir / "audio.wav")
+    extract_frames(video, clip_dir / "images")
+    return clip_dir
+
+
+def prepare_videos(videos: Sequence[str | os.PathLike], category_dir: str | os.PathLike, progress: bool = True) -> list[Path]:
+    """One clip folder per video under ``category_dir``; a video already prepared keeps its number, new ones get the next free numbers."""
+    category_dir = Path(category_dir)
+    category_dir.mkdir(parents=True, exist_ok=True)
+    known: dict[str, Path] = {}
+    for source in category_dir.glob(f"[0-9][0-9][0-9][0-9][0-9]/{SOURCE_FILE}"):
+        known[source.read_text().strip()] = source.parent
+    used = {int(p.name) for p in category_dir.iterdir() if p.name.isdigit() and len(p.name) == 5}
+    next_idx = max(used, default=0) + 1
+    clips = []
+    for video in tqdm([Path(v) for v in videos], desc="videos -> clip folders", unit="video", disable=not progress):
+        clip = known.get(str(video.resolve()))
+        if clip is None:
+            clip = category_dir / f"{next_idx:05d}"
+            next_idx += 1
+        clips.append(prepare_clip(video, clip))
+    return clips
+
+
+def is_complete_clip(clip: Path) -> bool:
+    """Everything the dataset needs is there: audio.wav and one face and one lip mask per frame."""
+    images = clip / "images"
+    if not (images.is_dir() and (clip / "audio.wav").is_file()):
+        return False
+    names = [n for n in os.listdir(images) if n.endswith((".png", ".jpg")) and not n.startswith(".")]
+    return bool(names) and all((clip / d / n).is_file() for d in ("face_masks", "lip_masks") for n in names)
+
+
+def write_path_lists(data_root: str | os.PathLike) -> dict[str, list[str]]:
+    """(Re)write ``video_<bucket>_path.txt`` under ``data_root``: the absolute path of every complete clip folder
+    ``<bucket>/<speech|singing|dancing>/<5 digits>``, one per line. Buckets without clips get no file."""
+    root = Path(data_root).resolve()
+    lists: dict[str, list[str]] = {}
+    for bucket in BUCKETS:
+        clips = [
+            str(clip)
+            for category in CATEGORIES
+            for clip in sorted((root / bucket / category).glob("[0-9][0-9][0-9][0-9][0-9]"))
+            if is_complete_clip(clip)
+        ]
+        if clips:
+            with atomic_output(root / f"video_{bucket}_path.txt") as tmp:
+                tmp.write_text("\n".join(clips) + "\n")
+            lists[bucket] = clips
+    return lists
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Raw videos -> training clip folders (sub_clip.mp4, audio.wav, images/, masks) -> path lists.")
+    parser.add_argument("--video", type=str, help="one raw video (with --clip_dir)")
+    parser.add_argument("--clip_dir", type=str, help="the clip folder to make from --video")
+    parser.add_argument("--videos_dir", type=str, help="a folder of raw videos (with --data_root, --bucket, --category)")
+    parser.add_argument("--data_root", type=str, help="dataset root, e.g. talking_face_data")
+    parser.add_argument("--bucket", choices=BUCKETS, help="square 512x512, rec 832x480 (landscape), vec 480x832 (portrait)")
+    parser.add_argument("--category", choices=CATEGORIES, help="picks the training prompt")
+    parser.add_argument("--masks", action="store_true", help="also write face_masks/ and lip_masks/ (MediaPipe, one pass)")
+    parser.add_argument("--lists_only", action="store_true", help="only rewrite video_<bucket>_path.txt under --data_root")
+    args = parser.parse_args(argv)
+    try:
+        clips: list[Path] = []
+        if args.video:
+            if not args.clip_dir:
+                parser.error("--video needs --clip_dir")
+            clips = [prepare_clip(args.video, args.clip_dir)]
+        elif args.videos_dir and not args.lists_only:
+            if not (args.data_root and args.bucket and args.category):
+                parser.error("--videos_dir needs --data_root, --bucket and --category")
+            videos = sorted(p for p in Path(args.videos_dir).iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
+            if not videos:
+                parser.exit(1, f"error: no video ({', '.join(VIDEO_SUFFIXES)}) in {args.videos_dir}\n")
+            clips = prepare_videos(videos, Path(args.data_root) / args.bucket / args.category)
+        elif not args.lists_only:
+            parser.error("give --video/--clip_dir, --videos_dir/--data_root/--bucket/--category, or --data_root --lists_only")
+        if args.masks and clips:
+            from .lip_masks import extract_masks
+
+            extract_masks(clips, ("lip", "face"))
+        if args.data_root:
+            for bucket, listed in write_path_lists(args.data_root).items():
+                print(f"{Path(args.data_root) / f'video_{bucket}_path.txt'}: {len(listed)} clip(s)")
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        parser.exit(1, f"error: {exc}\n")
+    for clip in clips:
+        print(f"prepared {clip}")
+
+
+if __name__ == "__main__":
+    main()
