@@ -22,7 +22,7 @@ if [[ -z $PY ]]; then
 fi
 if [[ -z $PY ]]; then
   echo "[setup_mediapipe_env] no Python 3.9-3.12 found (mediapipe 0.10.21 has no wheel for others); set PYTHON_MP=/path/to/python3.11" >&2
-  exit 1
+  exit 3  # "no usable interpreter": the Python side reports mediapipe as unavailable rather than broken
 fi
 echo "[setup_mediapipe_env] creating $VENV with $($PY --version) (about 20 s, 1 GB)" >&2
 rm -rf "$VENV"

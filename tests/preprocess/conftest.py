@@ -75,3 +75,14 @@ def read_wav(path: Path) -> tuple[np.ndarray, int, str]:
     info = sf.info(str(path))
     audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
     return audio, rate, info.subtype
+
+
+@pytest.fixture(scope="session")
+def mediapipe_env() -> str:
+    """The mediapipe interpreter (.venv-mp is built on first use); skipped only where no Python 3.9-3.12 exists."""
+    from wan.preprocess.landmarks import MediapipeUnavailable, mediapipe_python
+
+    try:
+        return mediapipe_python()
+    except MediapipeUnavailable as exc:
+        pytest.skip(f"mediapipe 0.10.21 cannot be installed here: {exc}")

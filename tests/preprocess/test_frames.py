@@ -16,7 +16,7 @@ from wan.preprocess.lip_masks import extract_masks
 from .conftest import REPO, VIDEO_FPS, VIDEO_FRAMES, VIDEO_SIZE, read_wav
 
 
-def test_video_to_training_list(talking_video, tmp_path):
+def test_video_to_training_list(mediapipe_env, talking_video, tmp_path):
     root = tmp_path / "talking_face_data"
     (clip,) = prepare_videos([talking_video], root / "square" / "speech", progress=False)
     assert clip.name == "00001"

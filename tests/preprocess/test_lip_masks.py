@@ -25,8 +25,8 @@ PHOTOS = face_photos()
 
 
 @pytest.fixture(scope="module")
-def landmarker():
-    with FaceLandmarker() as lm:
+def landmarker(mediapipe_env):
+    with FaceLandmarker(mediapipe_env) as lm:
         yield lm
 
 
@@ -175,7 +175,7 @@ def test_crash_mid_write_leaves_no_partial_mask_and_resume_finishes(landmarker, 
     assert sorted(p.name for p in (clip / "lip_masks").iterdir()) == [f"frame_{i}.png" for i in range(4)]
 
 
-def test_lip_mask_extractor_cli_original_flags(tmp_path):
+def test_lip_mask_extractor_cli_original_flags(mediapipe_env, tmp_path):
     root = tmp_path / "rec" / "singing"
     for idx in (1, 2):
         clip = root / f"{idx:05d}" / "images"

@@ -28,6 +28,10 @@ WORKER = Path(__file__).with_name("mediapipe_worker.py")
 SETUP_SCRIPT = REPO / "scripts" / "setup_mediapipe_env.sh"
 
 
+class MediapipeUnavailable(RuntimeError):
+    """No interpreter on this machine can run mediapipe 0.10.21 (it has wheels for CPython 3.9-3.12 only)."""
+
+
 @dataclass
 class Detection:
     """Landmarks of one image: ``faces`` is a list of [468, 2] arrays of normalised (x, y)."""
@@ -66,6 +70,8 @@ def mediapipe_python(create: bool = True) -> str:
         )
     print(f"[landmarks] creating the mediapipe environment {venv} (once, about 30 s)", file=sys.stderr)
     proc = subprocess.run(["bash", str(SETUP_SCRIPT)], env={**os.environ, "MEDIAPIPE_VENV": str(venv)}, capture_output=True, text=True)
+    if proc.returncode == 3:
+        raise MediapipeUnavailable(proc.stderr.strip())
     if proc.returncode != 0 or not python.exists():
         raise RuntimeError(f"{SETUP_SCRIPT} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
     return str(python)
