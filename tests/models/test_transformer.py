@@ -242,3 +242,26 @@ def test_real_config_json_builds_1b(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"_class_name": "WanModel", "dim": 1536, "eps": 1e-06, "ffn_dim": 8960, "freq_dim": 256,
                                                        "in_dim": 36, "model_type": "i2v", "num_heads": 12, "num_layers": 30, "out_dim": 16, "text_len": 512}))
     assert transformer_config_from_base(tmp_path) == transformer_config("1.3B")
+
+
+# ----------------------------------------------------------------------------- speed levers stay faithful
+
+
+@pytest.mark.slow
+def test_compiled_blocks_reproduce_golden_dit_1b():
+    """Regression guard for the speed work: the regional torch.compile path (``--compile``)
+    reproduces the original on the dit_1b golden case at the case's tolerances."""
+    from tests.conftest import CASES
+    from wan.golden import GoldenCase, compare
+    from wan.testing.golden_dit import build_dit
+
+    case = GoldenCase.load(CASES / "dit_1b")
+    model = build_dit(case.meta["constructor"])
+    model.compile_blocks()
+    kw = case.call_kwargs()
+    kw["clip_fea"] = kw["clip_fea"].repeat(3, 1, 1)
+    with torch.no_grad():
+        out = model(**kw)
+    failures = compare({"out": out}, case.reference(), {"out": case.meta["tolerances"]["out"]})
+    assert not failures, failures
+    torch.compiler.reset()
