@@ -8,12 +8,11 @@ import weakref
 import pytest
 import torch
 from safetensors.torch import save_file
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 from tests.conftest import CASES, assert_golden, key_map
 from wan.models.loading import CheckpointError
 from wan.models.vae import WanVAE, load_vae
+from wan.testing.memory import LiveTensorBytes
 from wan.testing.recipe import fill_state_dict
 
 TINY = dict(base_dim=4, z_dim=4, latents_mean=(0.1, -0.2, 0.3, 0.0), latents_std=(1.5, 0.8, 1.2, 2.0))
@@ -121,37 +120,6 @@ def test_stream_decode_equals_one_shot_decode(tiny):
         unclamped = torch.cat(list(tiny.stream_decode(z, clamp=False)), dim=2)
         assert unclamped.abs().max() > 1.0  # the clamp is real at these weights
         assert_close(unclamped, tiny.decode(z, clamp=False))
-
-
-class LiveTensorBytes(TorchDispatchMode):
-    """Peak bytes of tensor storage created inside the block and still referenced (deterministic,
-    unlike RSS): every op output's storage is counted until the last Python tensor using it dies."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.refs: dict[tuple[int, int], int] = {}
-        self.current = 0
-        self.peak = 0
-
-    def _release(self, key: tuple[int, int]) -> None:
-        self.refs[key] -= 1
-        if self.refs[key] == 0:
-            del self.refs[key]
-            self.current -= key[1]
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor):
-                storage = t.untyped_storage()
-                key = (storage.data_ptr(), storage.nbytes())
-                if key not in self.refs:
-                    self.refs[key] = 0
-                    self.current += key[1]
-                self.refs[key] += 1
-                weakref.finalize(t, self._release, key)
-        self.peak = max(self.peak, self.current)
-        return out
 
 
 def peak_bytes(fn) -> int:

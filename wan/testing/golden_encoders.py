@@ -73,17 +73,17 @@ def run_clip(case: GoldenCase) -> dict[str, torch.Tensor]:
     return {"out": out}
 
 
-def recipe_wav2vec(config_dir: str | os.PathLike) -> torch.nn.Module:
-    """The pipeline case's tiny ``Wav2Vec2Model`` (config in ``config_dir``) with recipe weights.
+def recipe_wav2vec(config: str | os.PathLike | dict) -> torch.nn.Module:
+    """A ``Wav2Vec2Model`` (config folder, or the config as a dict) with recipe weights.
 
-    The case was recorded with transformers 4.51, whose weight-normed positional conv registers
+    The pipeline case was recorded with transformers 4.51, whose weight-normed positional conv registers
     ``encoder.pos_conv_embed.conv.parametrizations.weight.original0/original1``. The recipe seeds
     on key names, so those names are used here even if the installed transformers names the two
     tensors ``weight_g``/``weight_v`` instead.
     """
     from transformers import Wav2Vec2Config, Wav2Vec2Model
 
-    config = Wav2Vec2Config.from_pretrained(str(config_dir))
+    config = Wav2Vec2Config(**config) if isinstance(config, dict) else Wav2Vec2Config.from_pretrained(str(config))
     model = Wav2Vec2Model(config).float()
     legacy = {"encoder.pos_conv_embed.conv.weight_g": "encoder.pos_conv_embed.conv.parametrizations.weight.original0",
               "encoder.pos_conv_embed.conv.weight_v": "encoder.pos_conv_embed.conv.parametrizations.weight.original1"}  # fmt: skip

@@ -17,24 +17,18 @@ from wan.golden import GoldenCase
 from wan.pipelines.pipeline_stableavatar import StableAvatarPipeline
 from wan.pipelines.scheduling import build_scheduler
 from wan.testing.golden_dit import build_dit
-from wan.testing.golden_encoders import clip_config_from_case, recipe_filled
+from wan.testing.golden_encoders import clip_config_from_case, recipe_filled, recipe_wav2vec
 from wan.testing.recipe import fill_state_dict, recipe_tensor
 
 
 def _wav2vec(config: dict):
-    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+    """The case's tiny wav2vec2 (recipe weights) behind the pipeline's feature extractor."""
+    from transformers import Wav2Vec2FeatureExtractor
 
     from wan.audio import Wav2VecFeatureExtractor
 
-    model = Wav2Vec2Model(Wav2Vec2Config(**config)).float()
-    legacy = {"encoder.pos_conv_embed.conv.weight_g": "encoder.pos_conv_embed.conv.parametrizations.weight.original0",
-              "encoder.pos_conv_embed.conv.weight_v": "encoder.pos_conv_embed.conv.parametrizations.weight.original1"}  # fmt: skip
-    with torch.no_grad():
-        for key, tensor in model.state_dict().items():
-            if tensor.is_floating_point():
-                tensor.copy_(recipe_tensor(legacy.get(key, key), tensor.shape))
     processor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True, return_attention_mask=False)
-    return Wav2VecFeatureExtractor(model=model.eval(), processor=processor)
+    return Wav2VecFeatureExtractor(model=recipe_wav2vec(config), processor=processor)
 
 
 def build_case_pipeline(case: GoldenCase) -> StableAvatarPipeline:
