@@ -114,3 +114,17 @@ def test_memory_does_not_grow_with_video_length(tiny_pipe, tmp_path):
     extra_video_bytes = (frames[1] - frames[0]) * 3 * 64 * 64 * 4  # the extra frames as float32
     assert frames == [49, 197]
     assert peaks[1] - peaks[0] <= 0.05 * extra_video_bytes, f"peak grew from {peaks[0]} to {peaks[1]} bytes"
+
+
+def test_bf16_vae_option_is_close_to_float32(tiny_pipe):
+    """--vae_dtype bfloat16: the same latents decode to nearly the same frames."""
+    import copy
+    import math
+
+    audio = _speech(1.0)
+    ref = _run(tiny_pipe, audio, num_inference_steps=1, output_type="pt")
+    pipe = copy.copy(tiny_pipe)
+    pipe.register_modules(vae=copy.deepcopy(tiny_pipe.vae).to(torch.bfloat16))
+    out = _run(pipe, audio, num_inference_steps=1, output_type="pt")
+    mse = (out.videos - ref.videos).pow(2).mean().item()
+    assert 0 < mse and 10 * math.log10(1 / mse) > 30, mse

@@ -159,6 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
         "same maths, bf16 rounding may differ slightly",
     )
     g.add_argument(
+        "--vae_dtype",
+        type=str,
+        default="float32",
+        choices=("float32", "bfloat16"),
+        help="VAE precision: float32 as the original; bfloat16 decodes in about 2/3 of the time with half the memory "
+        "(frames differ by bf16 rounding)",
+    )
+    g.add_argument(
         "--last_window_true_length",
         action="store_true",
         help="run the shorter last window at its own length instead of padded to a full window: less work, audio "
@@ -452,6 +460,7 @@ def run(args: argparse.Namespace) -> Path | None:
         memory_mode=args.GPU_memory_mode,
         attention_backend=args.attention_backend,
         compile_transformer=args.compile,
+        vae_dtype=getattr(torch, args.vae_dtype),
         sdpa_kernel=args.sdpa_kernel,
         device=args.device,
         ulysses_degree=args.ulysses_degree,

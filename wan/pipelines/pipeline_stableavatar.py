@@ -316,12 +316,13 @@ class StableAvatarPipeline(DiffusionPipeline):
                     callback_on_step_end(self, i, t, latents_all)
 
         final = latents_all.float()
+        vae_dtype = next(self.vae.parameters()).dtype  # float32 as the original, or bf16 (--vae_dtype)
         self.maybe_free_model_hooks()
         if output_type == "latent":
             return StableAvatarPipelineOutput(videos=None, latents=final, windows=windows)
         if output_type == "stream":
-            return StableAvatarPipelineOutput(videos=self.vae.stream_decode(final), latents=final, windows=windows)
-        video = (self.vae.decode(final).float().cpu() / 2 + 0.5).clamp(0, 1)
+            return StableAvatarPipelineOutput(videos=self.vae.stream_decode(final.to(vae_dtype)), latents=final, windows=windows)
+        video = (self.vae.decode(final.to(vae_dtype)).float().cpu() / 2 + 0.5).clamp(0, 1)
         return StableAvatarPipelineOutput(videos=video.numpy() if output_type == "np" else video, latents=final, windows=windows)
 
     @staticmethod
