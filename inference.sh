@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Single-GPU StableAvatar inference on an example (the original's flags; paths relative to the repo).
-#   bash inference.sh                                        # examples/case-1 -> output_infer/video_with_audio.mp4
+#   bash inference.sh                                        # examples/case-1 photo + the 40 s speech of examples/case-2
+#                                                            #   -> output_infer/video_with_audio.mp4
 #   REFERENCE=my.png AUDIO=my.wav OUTPUT_DIR=out bash inference.sh
 # Weights go in checkpoints/ (see checkpoints/README.md). Every flag: .venv/bin/python inference.py --help
 set -euo pipefail
@@ -10,8 +11,10 @@ MODEL_NAME=checkpoints/Wan2.1-Fun-V1.1-1.3B-InP
 TRANSFORMER=${TRANSFORMER:-checkpoints/StableAvatar-1.3B/transformer3d-square.pt}
 WAV2VEC=checkpoints/wav2vec2-base-960h
 REFERENCE=${REFERENCE:-examples/case-1/reference.png}
-AUDIO=${AUDIO:-examples/case-1/audio.wav}
+AUDIO=${AUDIO:-examples/case-2/audio.wav}  # the only example track shipped here (40 s of speech)
 OUTPUT_DIR=${OUTPUT_DIR:-output_infer}
+
+bash scripts/setup_env.sh  # creates .venv on first use, then reuses it
 
 missing=()
 for path in "$MODEL_NAME" "$TRANSFORMER" "$WAV2VEC"; do
@@ -29,8 +32,6 @@ for path in "$REFERENCE" "$AUDIO"; do
     exit 1
   fi
 done
-
-bash scripts/setup_env.sh
 
 CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0} .venv/bin/python inference.py \
   --config_path="deepspeed_config/wan2.1/wan_civitai.yaml" \
