@@ -8,8 +8,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${MEDIAPIPE_VENV:-$PWD/.venv-mp}
 STAMP=$VENV/.installed-mediapipe-0.10.21
-if [[ -f $STAMP ]] && "$VENV/bin/python" -c "import mediapipe" >/dev/null 2>&1; then
-  exit 0
+ready() { [[ -f $STAMP ]] && "$VENV/bin/python" -c "import mediapipe" >/dev/null 2>&1; }
+ready && exit 0
+# Two first uses at once (a test run and the app, say) must not build into the same folder: take a lock,
+# then look again, since the other one may have finished the env while we waited.
+if command -v flock >/dev/null 2>&1; then
+  exec 9>"${TMPDIR:-/tmp}/setup_mediapipe_env.$(printf %s "$VENV" | md5sum | cut -c1-12).lock"
+  flock 9
+  ready && exit 0
 fi
 # mediapipe 0.10.21 ships wheels for CPython 3.9-3.12 only; pick one of those.
 PY=${PYTHON_MP:-}

@@ -208,3 +208,17 @@ def test_geometry_matches_the_original_polygons():
     box = lip_masks.face_mask([face], h, w)
     ys, xs = np.nonzero(box)
     assert xs.min() == int(np.floor(face[:, 0].min() * w)) and ys.max() == int(np.ceil(face[:, 1].max() * h))
+
+
+@pytest.mark.parametrize(("installed", "usable"), [(None, False), ("0.10.21", True), ("0.10.14", True), ("0.10.30", False), ("1.0.0", False)])
+def test_main_env_mediapipe_used_only_with_the_legacy_face_mesh(monkeypatch, installed, usable):
+    """A newer mediapipe in the main environment (no solutions.face_mesh) must not be picked over .venv-mp."""
+    import importlib.metadata
+    import importlib.util
+
+    from wan.preprocess import landmarks
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: (object() if installed else None) if name == "mediapipe" else real_find_spec(name, *a))
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: installed)
+    assert landmarks._has_legacy_mediapipe() is usable

@@ -139,3 +139,76 @@ def test_cli_with_original_flags(stereo_mix, tmp_path):
     cmd = [sys.executable, str(REPO / "vocal_seperator.py"), f"--audio_separator_model_file={model}", f"--audio_file_path={path}", f"--saved_vocal_path={out}"]
     subprocess.run(cmd, check=True, capture_output=True)
     assert read_wav(out)[1] == SR
+
+
+def random_conv_model(path, seed: int = 0):
+    """A non-trivial mask: output = x * sigmoid(conv3x3(x)) with random weights, mixing all four channels."""
+    rng = np.random.default_rng(seed)
+    w = numpy_helper.from_array(rng.normal(0, 0.5, (4, 4, 3, 3)).astype(np.float32), "w")
+    b = numpy_helper.from_array(rng.normal(0, 0.5, 4).astype(np.float32), "b")
+    conv = helper.make_node("Conv", ["input", "w", "b"], ["z"], pads=[1, 1, 1, 1])
+    return _save([conv, helper.make_node("Sigmoid", ["z"], ["g"]), helper.make_node("Mul", ["input", "g"], ["output"])], path, [w, b])
+
+
+# Runs audio-separator offline, as DEPS.md describes: its three model-data JSON files keyed by the model's MD5,
+# a torchvision stub (onnx2torch imports it; the ONNX path never calls it) and the bundled ffmpeg on PATH.
+_LIBRARY_RUN = """
+import hashlib, json, sys, types
+def _unavailable(*args, **kwargs):
+    raise RuntimeError("torchvision stub")
+if "torchvision" not in sys.modules:
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:
+        tv, ops = types.ModuleType("torchvision"), types.ModuleType("torchvision.ops")
+        ops.roi_align = ops.nms = ops.box_convert = _unavailable
+        tv.ops = ops
+        sys.modules.update({"torchvision": tv, "torchvision.ops": ops})
+from audio_separator.separator import Separator
+model_dir, model_name, mix, out_dir = sys.argv[1:5]
+md5 = hashlib.md5(open(f"{model_dir}/{model_name}", "rb").read()).hexdigest()
+keys = ["vr_download_list", "mdx_download_list", "mdx_download_vip_list", "demucs_download_list",
+        "mdx23c_download_list", "mdx23c_download_vip_list", "roformer_download_list"]
+lists = {k: {} for k in keys}
+lists["mdx_download_list"]["MDX-Net Model: test"] = model_name
+json.dump(lists, open(f"{model_dir}/download_checks.json", "w"))
+json.dump({md5: {"compensate": 1.009, "mdx_dim_f_set": 3072, "mdx_dim_t_set": 8, "mdx_n_fft_scale_set": 7680, "primary_stem": "Vocals"}},
+          open(f"{model_dir}/mdx_model_data.json", "w"))
+json.dump({}, open(f"{model_dir}/vr_model_data.json", "w"))
+sep = Separator(model_file_dir=model_dir, output_dir=out_dir, output_single_stem="Vocals")
+sep.load_model(model_name)
+print(sep.separate(mix)[0])
+"""
+
+
+def test_matches_audio_separator(stereo_mix, tmp_path):
+    """Same separation as the package the original called, up to its output level (see the module docstring)."""
+    import importlib.metadata
+    import importlib.util
+    import os
+
+    import imageio_ffmpeg
+
+    if importlib.util.find_spec("audio_separator") is None:
+        pytest.skip(
+            "audio-separator is an optional reference here, not a dependency; to run this comparison: "
+            "pip install --no-deps audio-separator==0.47.1 plus the packages DEPS.md lists"
+        )
+    path, mix = stereo_mix
+    models = tmp_path / "models"
+    models.mkdir()
+    model = random_conv_model(models / "Tiny.onnx")
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "ffmpeg").symlink_to(imageio_ffmpeg.get_ffmpeg_exe())
+    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(
+        [sys.executable, "-c", _LIBRARY_RUN, str(models), model.name, str(path), str(tmp_path / "lib")], capture_output=True, text=True, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ref, _, _ = read_wav(tmp_path / "lib" / proc.stdout.strip().splitlines()[-1])
+    ours, _, _ = read_wav(separate_vocals(model, path, tmp_path / "ours.wav", progress=False))
+    assert ref.shape == ours.shape
+    scale = float((ref * ours).sum() / (ours * ours).sum())
+    assert snr_db(ref, scale * ours) > 55  # identical up to a scalar and 16-bit rounding
+    if importlib.metadata.version("audio-separator") == "0.47.1":
+        assert scale == pytest.approx(np.abs(mix).max(), rel=2e-3)  # the library scales the stem by the input's peak

@@ -5,13 +5,14 @@ main environment cannot have. So the landmark step runs ``mediapipe_worker.py`` 
 found in this order:
 
 1. ``$MEDIAPIPE_PYTHON``: any python that can ``import mediapipe``;
-2. the current interpreter, if it can import mediapipe (a single-env install, DEPS.md option B);
+2. the current interpreter, if it has mediapipe <= 0.10.21 (a single-env install, DEPS.md option B);
 3. ``$MEDIAPIPE_VENV/bin/python`` (default ``<repo>/.venv-mp``), created on first use by
    ``scripts/setup_mediapipe_env.sh`` (about 30 s and 1 GB, once).
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -47,6 +48,17 @@ def _venv_python(venv: Path) -> Path:
     return venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 
 
+def _has_legacy_mediapipe() -> bool:
+    """This interpreter has a mediapipe with the bundled FaceMesh (0.10.21 or older; later releases dropped it)."""
+    if importlib.util.find_spec("mediapipe") is None:
+        return False
+    try:
+        version = tuple(int(part) for part in importlib.metadata.version("mediapipe").split(".")[:3])
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return False
+    return version <= (0, 10, 21)
+
+
 def mediapipe_python(create: bool = True) -> str:
     """The interpreter that runs the worker; builds .venv-mp on first use (see the module docstring)."""
     explicit = os.environ.get("MEDIAPIPE_PYTHON")
@@ -54,7 +66,7 @@ def mediapipe_python(create: bool = True) -> str:
         if not Path(explicit).exists():
             raise FileNotFoundError(f"MEDIAPIPE_PYTHON={explicit} does not exist; point it at a python with mediapipe==0.10.21")
         return explicit
-    if importlib.util.find_spec("mediapipe") is not None:
+    if _has_legacy_mediapipe():
         return sys.executable
     venv = Path(os.environ.get("MEDIAPIPE_VENV", REPO / ".venv-mp"))
     python = _venv_python(venv)
