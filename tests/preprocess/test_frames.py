@@ -77,3 +77,30 @@ def test_cli_from_videos_dir(talking_video, silent_video, tmp_path):
     (videos / "b.mp4").symlink_to(silent_video)
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 1 and "b.mp4 has no audio stream" in proc.stderr
+
+
+def test_clips_are_brought_to_the_training_frame_rate(talking_video, tmp_path):
+    """A 30 fps video becomes a 25 fps clip (frames and sub_clip.mp4 agree, the dataset reads 25); --fps 0 keeps 30."""
+    from wan.data.dataset import clip_fps
+    from wan.preprocess.common import run_ffmpeg
+    from wan.preprocess.frames import prepare_clip, video_fps
+
+    video30 = tmp_path / "talk30.mp4"
+    run_ffmpeg(["-i", str(talking_video), "-vf", "fps=30", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "copy", str(video30)], "making a 30 fps video")
+    assert video_fps(video30) == 30 and video_fps(talking_video) == VIDEO_FPS
+    seconds = VIDEO_FRAMES / VIDEO_FPS
+
+    clip = prepare_clip(video30, tmp_path / "c25")  # default: the generation rate, 25 fps
+    frames = sorted_frames(clip / "images")
+    assert len(frames) == round(seconds * 25) and frames[-1] == f"frame_{len(frames) - 1}.png"
+    assert video_fps(clip / "sub_clip.mp4") == 25 and clip_fps(clip, len(frames), seconds) == 25
+    audio, rate, _ = read_wav(clip / "audio.wav")
+    assert abs(len(audio) / rate - seconds) < 0.1  # the sound is not resampled in time
+
+    native = prepare_clip(video30, tmp_path / "c30", fps=0)
+    assert len(sorted_frames(native / "images")) == round(seconds * 30)
+    assert (native / "sub_clip.mp4").read_bytes() == video30.read_bytes()  # already mp4 at its own rate: copied
+
+    same = prepare_clip(talking_video, tmp_path / "same", fps=25)  # a 25 fps mp4 is copied, not re-encoded
+    assert (same / "sub_clip.mp4").read_bytes() == talking_video.read_bytes()
+    assert len(sorted_frames(same / "images")) == VIDEO_FRAMES

@@ -7,10 +7,14 @@ Every video of a folder, numbered 00001, 00002, ... under a bucket/category, mas
 Only the lists (after adding clips by hand):
     python -m wan.preprocess.frames --data_root talking_face_data --lists_only
 
-A clip folder gets ``sub_clip.mp4`` (a copy of the video: the dataset reads its frame rate), ``audio.wav``
-(16 kHz mono, audio_extractor) and ``images/frame_<i>.png`` from ``frame_0`` on (the README's
-``ffmpeg -i video -q:v 1 -start_number 0 images/frame_%d.png``). Every output appears atomically (the frames
-are decoded into a hidden folder that is renamed to images/), so re-running resumes after an interruption.
+A clip folder gets ``sub_clip.mp4`` (the video at the training frame rate: the dataset reads its fps),
+``audio.wav`` (16 kHz mono, audio_extractor) and ``images/frame_<i>.png`` from ``frame_0`` on (the README's
+``ffmpeg -i video -q:v 1 -start_number 0 images/frame_%d.png``). Frames are taken at ``--fps`` (25 by default, the
+rate StableAvatar generates at, so one frame spans 640 audio samples in training as in inference): a 25 fps video
+is copied as it is, any other is resampled by ffmpeg's fps filter, the same way for sub_clip.mp4 and images/ so
+their frame counts agree. ``--fps 0`` keeps every video's own rate (the README's command). Every output appears
+atomically (the frames are decoded into a hidden folder that is renamed to images/), so re-running resumes after
+an interruption.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from wan.constants import DEFAULT_FPS
+
 from .audio_extract import extract_audio
 from .common import atomic_output, probe_streams, run_ffmpeg
 
@@ -32,8 +38,27 @@ VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
 SOURCE_FILE = "source.txt"  # which raw video a clip folder was made from (keeps numbering stable on re-runs)
 
 
-def extract_frames(video: str | os.PathLike, images_dir: str | os.PathLike) -> Path:
-    """Decode every frame of ``video`` to ``images_dir/frame_<i>.png`` (i from 0); skipped if images_dir exists."""
+def video_fps(video: str | os.PathLike) -> float:
+    """Average frame rate of the first video stream (0.0 when the container does not say)."""
+    import av
+
+    with av.open(str(video)) as container:
+        rate = container.streams.video[0].average_rate
+    return float(rate) if rate else 0.0
+
+
+def _resample_filter(video: Path, fps: float | None) -> list[str]:
+    """ffmpeg arguments that bring ``video`` to ``fps`` frames per second; none when it already runs at that rate."""
+    if not fps:
+        return []
+    source = video_fps(video)
+    if source and abs(source - fps) < 1e-3:
+        return []
+    return ["-vf", f"fps={fps:g}"]
+
+
+def extract_frames(video: str | os.PathLike, images_dir: str | os.PathLike, fps: float | None = None) -> Path:
+    """Decode ``video`` to ``images_dir/frame_<i>.png`` (i from 0), resampled to ``fps`` if given; skipped if images_dir exists."""
     video, images_dir = Path(video), Path(images_dir)
     if images_dir.is_dir() and any(images_dir.iterdir()):
         return images_dir
@@ -44,7 +69,8 @@ def extract_frames(video: str | os.PathLike, images_dir: str | os.PathLike) -> P
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        run_ffmpeg(["-i", str(video), "-map", "0:v:0", "-q:v", "1", "-start_number", "0", str(tmp / "frame_%d.png")], f"extracting the frames of {video}")
+        args = ["-i", str(video), "-map", "0:v:0", *_resample_filter(video, fps), "-q:v", "1", "-start_number", "0", str(tmp / "frame_%d.png")]
+        run_ffmpeg(args, f"extracting the frames of {video}")
         if images_dir.exists():
             images_dir.rmdir()  # an empty leftover
         os.replace(tmp, images_dir)
@@ -53,27 +79,34 @@ def extract_frames(video: str | os.PathLike, images_dir: str | os.PathLike) -> P
     return images_dir
 
 
-def prepare_clip(video: str | os.PathLike, clip_dir: str | os.PathLike) -> Path:
-    """Make ``clip_dir`` (sub_clip.mp4, audio.wav, images/) from one raw video; finished parts are kept."""
+def prepare_clip(video: str | os.PathLike, clip_dir: str | os.PathLike, fps: float | None = DEFAULT_FPS) -> Path:
+    """Make ``clip_dir`` (sub_clip.mp4, audio.wav, images/) from one raw video at ``fps`` (None or 0: the video's own
+    rate); finished parts are kept."""
     video, clip_dir = Path(video), Path(clip_dir)
-    _, n_audio = probe_streams(video)
+    n_video, n_audio = probe_streams(video)
+    if n_video == 0:
+        raise ValueError(f"{video} has no video stream; pass a video file")
     if n_audio == 0:
         raise ValueError(f"{video} has no audio stream; training clips need their sound (audio.wav)")
     clip_dir.mkdir(parents=True, exist_ok=True)
     (clip_dir / SOURCE_FILE).write_text(str(video.resolve()) + "\n")
     if not (clip_dir / "sub_clip.mp4").is_file():
+        resample = _resample_filter(video, fps)
         with atomic_output(clip_dir / "sub_clip.mp4") as tmp:
-            if video.suffix.lower() == ".mp4":
+            if video.suffix.lower() == ".mp4" and not resample:
                 shutil.copyfile(video, tmp)
             else:
-                run_ffmpeg(["-i", str(video), "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", str(tmp)], f"converting {video} to mp4")
+                args = ["-i", str(video), *resample, "-c:v", "libx264", "-crf", "16", "-pix_fmt", "yuv420p", "-c:a", "aac", str(tmp)]
+                run_ffmpeg(args, f"converting {video} to mp4" + (f" at {fps:g} fps" if resample else ""))
     if not (clip_dir / "audio.wav").is_file():
         extract_audio(video, clip_dir / "audio.wav")
-    extract_frames(video, clip_dir / "images")
+    extract_frames(video, clip_dir / "images", fps)
     return clip_dir
 
 
-def prepare_videos(videos: Sequence[str | os.PathLike], category_dir: str | os.PathLike, progress: bool = True) -> list[Path]:
+def prepare_videos(
+    videos: Sequence[str | os.PathLike], category_dir: str | os.PathLike, progress: bool = True, fps: float | None = DEFAULT_FPS
+) -> list[Path]:
     """One clip folder per video under ``category_dir``; a video already prepared keeps its number, new ones get the next free numbers."""
     category_dir = Path(category_dir)
     category_dir.mkdir(parents=True, exist_ok=True)
@@ -88,7 +121,7 @@ def prepare_videos(videos: Sequence[str | os.PathLike], category_dir: str | os.P
         if clip is None:
             clip = category_dir / f"{next_idx:05d}"
             next_idx += 1
-        clips.append(prepare_clip(video, clip))
+        clips.append(prepare_clip(video, clip, fps))
     return clips
 
 
@@ -128,22 +161,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data_root", type=str, help="dataset root, e.g. talking_face_data")
     parser.add_argument("--bucket", choices=BUCKETS, help="square 512x512, rec 832x480 (landscape), vec 480x832 (portrait)")
     parser.add_argument("--category", choices=CATEGORIES, help="picks the training prompt")
+    parser.add_argument(
+        "--fps", type=float, default=DEFAULT_FPS, help=f"frame rate of the clips (default {DEFAULT_FPS}, the generation rate); 0 keeps each video's own"
+    )
     parser.add_argument("--masks", action="store_true", help="also write face_masks/ and lip_masks/ (MediaPipe, one pass)")
     parser.add_argument("--lists_only", action="store_true", help="only rewrite video_<bucket>_path.txt under --data_root")
     args = parser.parse_args(argv)
+    if args.fps < 0:
+        parser.error(f"--fps must be positive (or 0 to keep each video's rate), got {args.fps}")
     try:
         clips: list[Path] = []
         if args.video:
             if not args.clip_dir:
                 parser.error("--video needs --clip_dir")
-            clips = [prepare_clip(args.video, args.clip_dir)]
+            clips = [prepare_clip(args.video, args.clip_dir, args.fps)]
         elif args.videos_dir and not args.lists_only:
             if not (args.data_root and args.bucket and args.category):
                 parser.error("--videos_dir needs --data_root, --bucket and --category")
             videos = sorted(p for p in Path(args.videos_dir).iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
             if not videos:
                 parser.exit(1, f"error: no video ({', '.join(VIDEO_SUFFIXES)}) in {args.videos_dir}\n")
-            clips = prepare_videos(videos, Path(args.data_root) / args.bucket / args.category)
+            clips = prepare_videos(videos, Path(args.data_root) / args.bucket / args.category, fps=args.fps)
         elif not args.lists_only:
             parser.error("give --video/--clip_dir, --videos_dir/--data_root/--bucket/--category, or --data_root --lists_only")
         if args.masks and clips:
