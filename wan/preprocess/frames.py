@@ -189,8 +189,16 @@ def main(argv: list[str] | None = None) -> None:
 
             extract_masks(clips, ("lip", "face"))
         if args.data_root:
-            for bucket, listed in write_path_lists(args.data_root).items():
+            if not Path(args.data_root).is_dir():
+                raise FileNotFoundError(f"--data_root {args.data_root} is not a folder; pass the dataset root, e.g. talking_face_data")
+            lists = write_path_lists(args.data_root)
+            for bucket, listed in lists.items():
                 print(f"{Path(args.data_root) / f'video_{bucket}_path.txt'}: {len(listed)} clip(s)")
+            if not lists:
+                print(
+                    f"no complete clip under {args.data_root} yet (a clip needs audio.wav and a face and a lip mask per frame): "
+                    "run lip_mask_extractor.py --face_masks (or add --masks here), then --lists_only"
+                )
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         parser.exit(1, f"error: {exc}\n")
     for clip in clips:
