@@ -110,7 +110,7 @@ def build_demo(service: AvatarService, language: str = "English"):
                             c["swap"] = gr.Button(elem_id="swap", **lab("swap"))
                             c["adjust"] = gr.Button(elem_id="adjust", **lab("adjust"))
                         with gr.Row():
-                            c["steps"] = gr.Slider(1, 100, value=50, step=1, elem_id="steps", **lab("steps"))
+                            c["steps"] = gr.Slider(1, 100, value=10, step=1, elem_id="steps", **lab("steps"))
                             c["overlap"] = gr.Slider(0, 20, value=5, step=1, elem_id="overlap", **lab("overlap"))
                         with gr.Row():
                             c["text_guide_scale"] = gr.Slider(1, 10, value=3.0, step=0.1, elem_id="text_guide_scale", **lab("text_guide_scale"))

@@ -2,8 +2,10 @@
 checkpoint folder, and headless Debian Chromium (pip playwright, no browser download) drives it.
 
 A real photo and 2 s of real speech go in; the mp4 that comes back (downloaded through the page) must
-have a video and an audio stream. Also: the error message when no image is given, the language toggle,
-and a screenshot (``UPDATE_APP_SCREENSHOT=1`` copies it to docs/images/app.png).
+have a video and an audio stream, and the page's progress bar must have shown the denoising. Also: the
+error message when no image is given, the language toggle, size adjust/swap, the Audio Extraction tab
+(on the downloaded video) feeding the driving audio, and a screenshot (``UPDATE_APP_SCREENSHOT=1``
+copies it to docs/images/app.png).
 """
 
 from __future__ import annotations
@@ -124,6 +126,15 @@ def status_text(page) -> str:
     return page.locator("#status textarea").input_value()
 
 
+# Collects every text the page's progress bars show (gradio renders gr.Progress as .progress-level-inner).
+RECORD_PROGRESS = """() => {
+    window.__progress = new Set();
+    new MutationObserver(() => {
+        for (const el of document.querySelectorAll('.progress-level-inner')) window.__progress.add(el.innerText.trim());
+    }).observe(document.body, {subtree: true, childList: true, characterData: true});
+}"""
+
+
 def test_generate_without_image_shows_message(page, server):
     page.click("#generate")
     page.wait_for_function("() => document.querySelector('#status textarea').value.length > 0", timeout=30_000)
@@ -162,15 +173,18 @@ def test_generate_video_with_sound(page, server, speech_2s, tmp_path):
     page.locator("#audio input[type=file]").set_input_files(str(speech_2s))
     page.locator("#image img").wait_for()
     page.locator("#audio audio, #audio .waveform-container, #audio [data-testid=waveform-controls]").first.wait_for(state="attached")
-    page.locator("#prompt textarea").fill("a woman is speaking to the camera")
+    page.locator("#prompt textarea").fill("a man is speaking to the camera")
     for elem_id, value in (("width", 64), ("height", 64), ("steps", 2), ("seed", 7)):
         if elem_id == "seed":
             page.locator("#seed input").fill(str(value))
         else:
             set_number(page, elem_id, value)
+    page.evaluate(RECORD_PROGRESS)
     page.click("#generate")
     page.locator("#video_output video").wait_for(timeout=GENERATE_S * 1000)
     assert status_text(page).startswith("✅"), status_text(page)
+    progress = page.evaluate("() => Array.from(window.__progress)")
+    assert any(t.startswith("denoising") for t in progress), f"no denoising progress shown in the page: {progress}"
     assert page.locator("#seed_output textarea, #seed_output input").first.input_value() == "7"
 
     with page.expect_download(timeout=30_000) as download:
@@ -195,3 +209,19 @@ def test_generate_video_with_sound(page, server, speech_2s, tmp_path):
 
         with Image.open(shot) as img:
             img.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(REPO / "docs" / "images" / "app.png", optimize=True)
+
+    # Audio Extraction tab on the video just downloaded, then "Use as Driving Audio" fills the first tab.
+    page.get_by_role("tab", name="Audio Extraction").click()
+    page.locator("#video_input input[type=file]").set_input_files(str(video))
+    page.locator("#video_input video").wait_for()
+    page.click("#extract")
+    page.wait_for_function("() => document.querySelector('#extract_status textarea').value.length > 0")
+    extract_status = page.locator("#extract_status textarea").input_value()
+    assert extract_status.startswith("✅") and "audio.wav" in extract_status, extract_status
+    extracted = page.locator("#extracted_audio a[download]").first.get_attribute("href")
+    assert extracted.endswith("/audio.wav")
+    page.click("#use_extracted")
+    page.get_by_role("tab", name="StableAvatar").click()
+    page.wait_for_function(
+        "(href) => [...document.querySelectorAll('#audio a[download]')].some(a => a.href === href)", arg=extracted
+    )

@@ -92,7 +92,10 @@ def test_generate_twice_loads_once_and_writes_per_request_folders(tiny, speech_2
     assert {p.parent.parent for p in (first.video, second.video)} == {service.output_root}
     fractions = [f for f, _ in seen]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
-    assert any("denoising step 2/2 (2 windows each)" in d for _, d in seen)  # 2 s, clip 33, overlap 4: 2 windows
+    # 2 s, clip 33, overlap 4: 2 windows; the page's bar moves after every window's DiT call
+    ticks = [d for _, d in seen if ", window " in d]
+    assert ticks == [f"denoising: step {s}/2, window {w}/2" for s in (1, 2) for w in (1, 2)]
+    assert "progress_bar" not in vars(service.pipelines.get("model_full_load")), "the stand-in bar is removed after the call"
     with av.open(str(first.video)) as container:
         assert container.streams.video and container.streams.audio
         assert (container.streams.video[0].width, container.streams.video[0].height) == (64, 64)
@@ -127,6 +130,8 @@ def test_page_queues_generation_one_at_a_time(tiny, tmp_path):
     assert {(fn.concurrency_limit, fn.concurrency_id) for fn in generate} == {(1, "generate")}
     button = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "generate")
     assert "开始生成" in button.value
+    steps = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "steps")
+    assert steps.value == 10, "the original app's default number of steps"
 
 
 def test_vocal_separation_with_a_model(tiny, speech_2s, tmp_path):

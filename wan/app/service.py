@@ -8,7 +8,8 @@ import logging
 import os
 import shutil
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,7 +47,7 @@ class GenerateRequest:
     negative_prompt: str | None = None
     width: int = 512
     height: int = 512
-    steps: int = 50
+    steps: int = 10  # the original app's default (its label recommends 50)
     text_guide_scale: float = 3.0
     audio_guide_scale: float = 5.0
     clip_length: int = 81
@@ -192,9 +193,6 @@ class AvatarService:
         pipe = self.pipelines.get(req.memory_mode)
         self._set_teacache(pipe, req.teacache_threshold, req.teacache_skip_start_steps)
 
-        def on_step(_pipe, step: int, _t, _latents) -> None:
-            progress(0.05 + 0.85 * (step + 1) / steps, f"denoising step {step + 1}/{steps} ({windows} window{'s' * (windows > 1)} each)")
-
         import torch
 
         from wan.runtime.memory import oom_advice
@@ -203,24 +201,24 @@ class AvatarService:
         progress(0.05, f"denoising: {steps} steps x {windows} window{'s' * (windows > 1)}")
         generator = torch.Generator(device=getattr(pipe, "device", "cpu")).manual_seed(seed)
         try:
-            result = pipe(
-                image=str(image),
-                audio=samples,
-                prompt=req.prompt or "",
-                negative_prompt=NEGATIVE_PROMPT if req.negative_prompt is None else req.negative_prompt,
-                height=height,
-                width=width,
-                num_inference_steps=steps,
-                text_guide_scale=float(req.text_guide_scale),
-                audio_guide_scale=float(req.audio_guide_scale),
-                clip_length=clip,
-                overlap_window_length=overlap,
-                overlapping_weight_scheme="uniform",
-                fps=DEFAULT_FPS,
-                generator=generator,
-                output_type="stream",
-                callback_on_step_end=on_step,
-            )
+            with _window_progress(pipe, windows, progress):
+                result = pipe(
+                    image=str(image),
+                    audio=samples,
+                    prompt=req.prompt or "",
+                    negative_prompt=NEGATIVE_PROMPT if req.negative_prompt is None else req.negative_prompt,
+                    height=height,
+                    width=width,
+                    num_inference_steps=steps,
+                    text_guide_scale=float(req.text_guide_scale),
+                    audio_guide_scale=float(req.audio_guide_scale),
+                    clip_length=clip,
+                    overlap_window_length=overlap,
+                    overlapping_weight_scheme="uniform",
+                    fps=DEFAULT_FPS,
+                    generator=generator,
+                    output_type="stream",
+                )
             progress(0.92, "decoding and writing the video")
             written = write_video(
                 out / OUTPUT_NAME, (decoded_to_uint8(c) for c in result.videos), fps=DEFAULT_FPS, audio_path=audio, progress=False
@@ -312,3 +310,48 @@ def _check_image(path: Path) -> None:
             img.verify()
     except Exception as err:  # PIL raises many types for broken files
         raise AppError(f"cannot read the reference image: {err}") from None
+
+
+class _PageBar:
+    """Stands in for the pipeline's tqdm bar while the app runs it. The pipeline opens one bar of
+    ``steps x windows`` ticks and ticks it after every window's DiT call; each tick moves the page's
+    progress bar (5% .. 90%) and names the step and window."""
+
+    def __init__(self, total: int, windows: int, report: Progress):
+        self.total, self.windows, self.report, self.n = max(1, int(total)), max(1, windows), report, 0
+
+    def __enter__(self) -> _PageBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        step, window = divmod(self.n - 1, self.windows)
+        steps = -(-self.total // self.windows)
+        self.report(0.05 + 0.85 * min(1.0, self.n / self.total), f"denoising: step {step + 1}/{steps}, window {window + 1}/{self.windows}")
+
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@contextmanager
+def _window_progress(pipe, windows: int, report: Progress) -> Iterator[None]:
+    """Route the pipeline's ``progress_bar(total=...)`` to ``report`` for one call (an instance
+    attribute that shadows the method, removed afterwards; the cached pipeline is used by one
+    request at a time)."""
+
+    def progress_bar(iterable=None, total=None):
+        if iterable is not None or total is None:
+            return type(pipe).progress_bar(pipe, iterable=iterable, total=total)
+        return _PageBar(total, windows, report)
+
+    pipe.progress_bar = progress_bar
+    try:
+        yield
+    finally:
+        del pipe.progress_bar
