@@ -160,3 +160,60 @@ def test_vocal_separation_with_a_model(tiny, speech_2s, tmp_path):
     assert wav.parent.parent == service.output_root and "Generated" in message
     assert info.samplerate == KIM_VOCAL_2.sample_rate and abs(info.duration - 2.0) < 0.05
     assert service.pipelines.loads == 0 and not list(service.temp_root.glob("*/*"))
+
+
+class _SlowService:
+    """Stands in for AvatarService in the page: each generation holds 'the GPU' for a moment and
+    records how many ran at once."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.lock, self.active, self.most, self.calls = threading.Lock(), 0, 0, 0
+
+    def generate(self, request: GenerateRequest, progress) -> None:
+        import time
+
+        with self.lock:
+            self.active += 1
+            self.calls += 1
+            self.most = max(self.most, self.active)
+        time.sleep(1.0)
+        with self.lock:
+            self.active -= 1
+        raise AppError(f"ran {request.prompt}")
+
+    def extract_audio(self, video):
+        raise AppError("unused")
+
+    separate_vocals = extract_audio
+
+
+def test_second_generation_waits_for_the_first(monkeypatch):
+    """Two requests sent at once through the real Gradio server run one after the other."""
+    pytest.importorskip("gradio")
+    gradio_client = pytest.importorskip("gradio_client")
+    import socket
+    import time
+
+    import app
+
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+    service = _SlowService()
+    demo = app.build_demo(service)  # type: ignore[arg-type]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        client = gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False)
+        inputs = ("model_full_load", 0, 5, 81, None, None, "{}", "", 64, 64, 2, 3.0, 5.0, 5, -1)
+        start = time.monotonic()
+        jobs = [client.submit(*inputs[:6], name, *inputs[7:], api_name="/generate") for name in ("first", "second")]
+        statuses = sorted(job.result(timeout=60)[3] for job in jobs)
+        elapsed = time.monotonic() - start
+    finally:
+        demo.close()
+    assert statuses == ["❌ ran first", "❌ ran second"]
+    assert (service.calls, service.most) == (2, 1), "generations never overlap"
+    assert elapsed >= 2.0
