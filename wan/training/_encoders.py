@@ -1,59 +1,78 @@
-"""Loading the released frozen encoders for training (VAE, umT5, CLIP, wav2vec2) as FrozenEncoders."""
+"""Loading the released frozen encoders for training (VAE, umT5, CLIP, wav2vec2) as FrozenEncoders.
+
+The files and their sizes come from the same place as inference: ``wan.pipelines.loading.checked_checkpoints``
+(the original layout + ``--config_path``, whose ``text_encoder_kwargs``/``image_encoder_kwargs``/``vae_kwargs``
+may also declare smaller test models). Every file is checked before anything large is read.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+import inspect
+import os
+from typing import Any
 
 import torch
 
 from .conditioning import FrozenEncoders
 
-# Where the Wan2.1 release keeps each file (deepspeed_config/wan2.1/wan_civitai.yaml).
-VAE_FILE = "Wan2.1_VAE.pth"
-T5_FILE = "models_t5_umt5-xxl-enc-bf16.pth"
-TOKENIZER_DIR = "google/umt5-xxl"
-CLIP_FILE = "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
+
+def _accepted(fn, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The entries of a yaml section that ``fn`` takes as keyword arguments (the rest are subpaths etc.)."""
+    params = inspect.signature(fn).parameters
+    return {k: v for k, v in kwargs.items() if k in params}
 
 
-def scheduler_settings(config_path: str) -> tuple[int, float]:
-    """(num_train_timesteps, shift) from the scheduler_kwargs of a wan_civitai.yaml."""
-    from omegaconf import OmegaConf
+def scheduler_settings(config_path: str | os.PathLike | None) -> tuple[int, float]:
+    """(num_train_timesteps, shift) from the ``scheduler_kwargs`` of a wan_civitai.yaml (defaults 1000, 5.0)."""
+    from wan.pipelines.loading import read_yaml_config
 
-    conf = OmegaConf.load(config_path)
-    kw = conf.get("scheduler_kwargs", {})
+    kw = read_yaml_config(config_path).get("scheduler_kwargs") or {}
     return int(kw.get("num_train_timesteps", 1000)), float(kw.get("shift", 5.0))
 
 
-def _posterior_of(vae):
-    """Adapt the VAE's encode output to (mean, std) in normalised latent space."""
+def vae_posterior(vae) -> Any:
+    """``pixels -> (mean, std)`` of a ``wan.models.vae.WanVAE``, as the original's training samples it.
+
+    The original's VAE normalises the encoder mean (``(mu - latents_mean) / latents_std``) but hands
+    the *raw* log-variance to ``DiagonalGaussianDistribution``, and training calls ``.sample()``:
+    ``z = mean_normalised + exp(logvar / 2) * eps``. So the noise is not rescaled by ``1/latents_std``.
+    ``encode_moments(normalize=True)`` returns exactly that pair (logvar clamped to [-30, 20] as
+    diffusers' distribution does), and this keeps the original's numbers rather than "fixing" them.
+    """
 
     def posterior(pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = vae.encode(pixels)
-        dist = getattr(out, "latent_dist", out)
-        if isinstance(dist, tuple | list):
-            dist = dist[0]
-        return dist.mean, dist.std
+        mean, logvar = vae.encode_moments(pixels, normalize=True)
+        return mean, torch.exp(0.5 * logvar)
 
     return posterior
 
 
-def load_frozen_encoders(base_dir: str, wav2vec_dir: str, tokenizer_max_length: int, dtype: torch.dtype) -> FrozenEncoders:
-    """VAE / CLIP / T5 in ``dtype`` (bf16 in training, as the original), wav2vec2 in float32, all on the CPU."""
+def load_frozen_encoders(
+    base_dir: str | os.PathLike,
+    wav2vec_dir: str | os.PathLike | None,
+    tokenizer_max_length: int,
+    dtype: torch.dtype,
+    config_path: str | os.PathLike | None = None,
+) -> FrozenEncoders:
+    """VAE / CLIP / umT5 in ``dtype`` (bf16 in training, as the original), wav2vec2 in float32, all on the CPU.
+
+    ``parts`` of the result holds what the validation pipeline needs besides the DiT (tokenizer,
+    text_encoder, vae, clip_image_encoder, wav2vec, scheduler_kwargs): the same objects, no copies.
+    """
     from wan.audio import Wav2VecFeatureExtractor
-    from wan.models.clip import load_clip_image_encoder
-    from wan.models.t5 import encode_prompts, load_t5_encoder, load_tokenizer
+    from wan.models.clip import CLIPVisionEncoder, load_clip_image_encoder
+    from wan.models.t5 import WanT5Encoder, encode_prompts, load_t5_encoder, load_tokenizer
+    from wan.models.vae import WanVAE, load_vae
+    from wan.pipelines.loading import checked_checkpoints
 
-    try:
-        from wan.models.vae import load_vae
-    except ImportError as exc:  # the VAE module is a separate component of this repository
-        raise ImportError("training needs wan.models.vae.load_vae (the Wan VAE); it is not available in this checkout") from exc
+    paths, yaml = checked_checkpoints(base_dir, None, wav2vec_dir, config_path)
+    text_kw, vae_kw, clip_kw = (dict(yaml.get(k) or {}) for k in ("text_encoder_kwargs", "vae_kwargs", "image_encoder_kwargs"))
 
-    base = Path(base_dir)
-    vae = load_vae(base / VAE_FILE, dtype=dtype)
-    clip = load_clip_image_encoder(base / CLIP_FILE, dtype=dtype)
-    t5 = load_t5_encoder(base / T5_FILE, dtype=dtype)
-    tokenizer = load_tokenizer(base / TOKENIZER_DIR)
-    wav2vec = Wav2VecFeatureExtractor(wav2vec_dir)
+    vae = load_vae(paths.vae, dtype=dtype, **_accepted(WanVAE, vae_kw))
+    clip = load_clip_image_encoder(paths.clip, dtype=dtype, **_accepted(CLIPVisionEncoder, clip_kw))
+    t5 = load_t5_encoder(paths.t5, dtype=dtype, **_accepted(WanT5Encoder, text_kw))
+    tokenizer = load_tokenizer(paths.tokenizer_dir)
+    wav2vec = Wav2VecFeatureExtractor(paths.wav2vec_dir)
 
     def text(prompts: list[str]) -> list[torch.Tensor]:
         return encode_prompts(t5, tokenizer, prompts, max_length=tokenizer_max_length)
@@ -62,4 +81,13 @@ def load_frozen_encoders(base_dir: str, wav2vec_dir: str, tokenizer_max_length: 
         # the dataset already normalised each window, as Wav2Vec2Processor does
         return wav2vec.model(values.to(wav2vec.device)).last_hidden_state
 
-    return FrozenEncoders(_posterior_of(vae), clip, text, audio, modules={"vae": vae, "clip": clip, "text": t5, "audio": wav2vec.model})
+    parts = {
+        "tokenizer": tokenizer,
+        "text_encoder": t5,
+        "vae": vae,
+        "clip_image_encoder": clip,
+        "wav2vec": wav2vec,
+        "scheduler_kwargs": yaml.get("scheduler_kwargs"),
+    }
+    modules = {"vae": vae, "clip": clip, "text": t5, "audio": wav2vec.model}
+    return FrozenEncoders(vae_posterior(vae), clip, text, audio, modules=modules, parts=parts)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 import warnings
 
 from .config import TRAIN_PRESETS, TrainConfig
@@ -61,6 +62,18 @@ UNUSED_FLAGS: dict[str, object] = {
 }
 
 
+def _bucket_size(text: str) -> tuple[str, int, int]:
+    """``square=256x256`` -> ("square", 256, 256); sizes must be multiples of 16 (VAE x DiT patch)."""
+    try:
+        name, size = text.split("=")
+        width, height = (int(v) for v in size.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--bucket_size {text!r}: expected NAME=WxH, e.g. square=256x256") from None
+    if width <= 0 or height <= 0 or width % 16 or height % 16:
+        raise argparse.ArgumentTypeError(f"--bucket_size {text!r}: width and height must be positive multiples of 16")
+    return name, width, height
+
+
 def build_parser(preset: str) -> argparse.ArgumentParser:
     """The parser; defaults are the original scripts' argparse defaults (the launchers override most)."""
     p = argparse.ArgumentParser(description=f"StableAvatar training ({preset}). Flags keep the original names.")
@@ -83,6 +96,11 @@ def build_parser(preset: str) -> argparse.ArgumentParser:
     g.add_argument("--train_batch_size", type=int, default=16, help="per process (launchers: 1)")
     g.add_argument("--dataloader_num_workers", type=int, default=0)
     g.add_argument("--vae_mini_batch", type=int, default=32)
+    g.add_argument(
+        "--bucket_size", type=_bucket_size, action="append", default=[], metavar="NAME=WxH",
+        help="override a preset bucket's resolution, e.g. square=256x256 (repeatable; the validation video follows "
+        "its bucket). The original hard-coded them: square 512x512, rec 832x480, vec 480x832",
+    )
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--learning_rate", type=float, default=1e-4)
@@ -126,6 +144,7 @@ def build_parser(preset: str) -> argparse.ArgumentParser:
     g.add_argument("--validation_steps", type=int, default=2000)
     g.add_argument("--validation_reference_path", type=str, default=None)
     g.add_argument("--validation_driven_audio_path", type=str, default=None)
+    g.add_argument("--validation_sample_steps", type=int, default=50, help="denoising steps of the validation video (the original: 50)")
     g.add_argument("--use_deepspeed", action="store_true")
     g.add_argument("--deepspeed_config", type=str, default=None, help="DeepSpeed JSON when not launched with an accelerate DeepSpeed config")
     g.add_argument("--low_vram", action="store_true")
@@ -168,6 +187,10 @@ def to_config(preset: str, args: argparse.Namespace) -> TrainConfig:
     d = cfg.data
     d.lists = {b.name: getattr(args, b.flag) for b in pre.buckets if getattr(args, b.flag)}
     d.sizes = {b.name: (b.width, b.height) for b in pre.buckets}
+    for name, width, height in args.bucket_size:
+        if name not in d.sizes:
+            raise SystemExit(f"--bucket_size {name}={width}x{height}: preset {preset} has the buckets {sorted(d.sizes)}")
+        d.sizes[name] = (width, height)
     d.video_sample_n_frames, d.train_batch_size = args.video_sample_n_frames, args.train_batch_size
     d.dataloader_num_workers = args.dataloader_num_workers
 
@@ -190,7 +213,9 @@ def to_config(preset: str, args: argparse.Namespace) -> TrainConfig:
     r.seed, r.mixed_precision, r.low_vram = args.seed, args.mixed_precision, args.low_vram
     r.use_deepspeed, r.deepspeed_config = args.use_deepspeed, args.deepspeed_config
     r.report_to, r.logging_dir, r.vae_mini_batch = args.report_to, args.logging_dir, args.vae_mini_batch
-    r.validation_steps, r.validation_size = args.validation_steps, pre.validation_size
+    r.validation_steps, r.validation_sample_steps = args.validation_steps, args.validation_sample_steps
+    # The validation video takes the size of the bucket it matched in the original (after --bucket_size).
+    r.validation_size = next((d.sizes[b.name] for b in pre.buckets if (b.width, b.height) == pre.validation_size), pre.validation_size)
     r.validation_reference_path, r.validation_driven_audio_path = args.validation_reference_path, args.validation_driven_audio_path
     return cfg
 
@@ -207,30 +232,39 @@ def validate(cfg: TrainConfig) -> None:
         raise SystemExit("--pretrained_model_name_or_path is required (the Wan base folder, e.g. checkpoints/Wan2.1-Fun-V1.1-1.3B-InP)")
     if not cfg.model.pretrained_wav2vec_path:
         raise SystemExit("--pretrained_wav2vec_path is required (e.g. checkpoints/wav2vec2-base-960h)")
+    for flag in ("validation_reference_path", "validation_driven_audio_path"):
+        path = getattr(cfg.run, flag)
+        if path and not os.path.isfile(path):
+            raise SystemExit(f"--{flag} {path}: file not found (the validation video's reference image / driving audio)")
     if cfg.run.mixed_precision == "fp16":
         logger.warning("--mixed_precision=fp16: weights stay fp32 under fp16 autocast (the launchers use bf16)")
 
 
-def main(preset: str, argv: list[str] | None = None) -> None:
-    """Parse, build the real models and train."""
+def main(preset: str, argv: list[str] | None = None):
+    """Parse, check every checkpoint file, load the real models and train; returns the finished Trainer."""
     args = parse_args(preset, argv)
     cfg = to_config(preset, args)
     validate(cfg)
+    import torch
+
+    from wan.models.loading import CheckpointError
+    from wan.models.transformer import load_transformer
+    from wan.pipelines.loading import checked_checkpoints
+
+    from ._encoders import scheduler_settings
     from .conditioning import FrozenEncoders
     from .trainer import Trainer
     from .validation import make_validation_hook
 
-    import torch
-
-    from wan.models.transformer import load_transformer
-
+    m = cfg.model
+    try:  # presence, headers and sizes of every file, before anything large is read
+        checked_checkpoints(m.pretrained_model_name_or_path, m.transformer_path, m.pretrained_wav2vec_path, m.config_path)
+    except CheckpointError as err:
+        raise SystemExit(f"{sys.argv[0] or 'train'}: {err}") from None
     dtype = torch.bfloat16 if cfg.run.mixed_precision == "bf16" else torch.float32
-    transformer = load_transformer(cfg.model.pretrained_model_name_or_path, cfg.model.transformer_path, dtype=dtype)
-    encoders = FrozenEncoders.from_pretrained(
-        cfg.model.pretrained_model_name_or_path, cfg.model.pretrained_wav2vec_path, cfg.model.tokenizer_max_length, dtype
-    )
-    if cfg.model.config_path:
-        from ._encoders import scheduler_settings
-
-        cfg.loss.num_train_timesteps, cfg.loss.shift = scheduler_settings(cfg.model.config_path)
-    Trainer(cfg, transformer, encoders, validation=make_validation_hook(cfg, encoders)).fit()
+    transformer = load_transformer(m.pretrained_model_name_or_path, m.transformer_path, dtype=dtype)
+    encoders = FrozenEncoders.from_pretrained(m.pretrained_model_name_or_path, m.pretrained_wav2vec_path, m.tokenizer_max_length, dtype, m.config_path)
+    cfg.loss.num_train_timesteps, cfg.loss.shift = scheduler_settings(m.config_path)
+    trainer = Trainer(cfg, transformer, encoders, validation=make_validation_hook(cfg, encoders))
+    trainer.fit()
+    return trainer

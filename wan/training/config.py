@@ -143,6 +143,7 @@ class RunConfig:
     validation_reference_path: str | None = None
     validation_driven_audio_path: str | None = None
     validation_size: tuple[int, int] | None = None  # (width, height); None = no validation
+    validation_sample_steps: int = 50  # denoising steps of the validation video (the original's fixed 50)
 
 
 @dataclass
