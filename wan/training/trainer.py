@@ -183,6 +183,13 @@ class Trainer:
 
         # 3. Optimizer and scheduler (from the DeepSpeed JSON when it has them), then prepare.
         ds_config = acc.state.deepspeed_plugin.deepspeed_config if acc.state.deepspeed_plugin is not None else None
+        if ds_config is not None and "gradient_clipping" not in ds_config:
+            # DeepSpeed's default is 1.0, not "off": the run then differs from a plain one from the
+            # second update on (Adam's first update is scale-invariant; later ones see the clip ratio).
+            logger.warning(
+                "the DeepSpeed config sets no gradient_clipping: DeepSpeed clips the gradient norm at 1.0 (its default); "
+                "set \"gradient_clipping\" in the JSON (0 turns it off). --max_grad_norm applies only without DeepSpeed"
+            )
         if ds_config is not None and ds_config.get("train_micro_batch_size_per_gpu") == "auto":
             ds_config["train_micro_batch_size_per_gpu"] = cfg.data.train_batch_size
         if cfg.optim.scale_lr:
