@@ -77,3 +77,23 @@ def test_14b_preset_trains_three_buckets_with_clip_dropout():
     cfg = cli.to_config("14B", cli.parse_args("14B", []))
     assert [b.name for b in cfg.buckets] == ["rec", "square", "vec"] and cfg.loss.clip_dropout == 0.1
     assert cfg.run.validation_size is None and not cfg.checkpoint.save_final
+
+
+def test_bucket_size_overrides_buckets_and_the_validation_size():
+    cfg = cli.to_config("1B_vec_rec", cli.parse_args("1B_vec_rec", ["--bucket_size", "vec=256x448", "--bucket_size=rec=448x256"]))
+    assert cfg.data.sizes == {"rec": (448, 256), "vec": (256, 448)}
+    assert cfg.run.validation_size == (256, 448)  # the original validated 1B_vec_rec at the vec size
+    assert cli.to_config("1B_square", cli.parse_args("1B_square", [])).run.validation_size == (512, 512)
+    with pytest.raises(SystemExit):  # argparse: not a multiple of 16
+        cli.parse_args("1B_square", ["--bucket_size", "square=500x500"])
+    with pytest.raises(SystemExit, match="has the buckets"):
+        cli.to_config("1B_square", cli.parse_args("1B_square", ["--bucket_size", "vec=256x448"]))
+
+
+def test_missing_validation_file_is_named_before_training(tmp_path):
+    data = tmp_path / "video_square_path.txt"
+    data.write_text("clip\n")
+    argv = [f"--train_data_square_dir={data}", "--pretrained_model_name_or_path=m", "--pretrained_wav2vec_path=w",
+            f"--validation_reference_path={tmp_path / 'nope.png'}", f"--validation_driven_audio_path={data}"]  # fmt: skip
+    with pytest.raises(SystemExit, match="--validation_reference_path .*nope.png: file not found"):
+        cli.validate(cli.to_config("1B_square", cli.parse_args("1B_square", argv)))

@@ -164,3 +164,16 @@ def test_vae_posterior_is_the_originals_sample():
     torch.testing.assert_close(mean, vae.encode(video))
     torch.testing.assert_close(std, raw.std)
     assert not torch.allclose(std, raw.std / torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1), rtol=1e-2)
+
+
+def test_bf16_run_on_cpu(ckpt, tiny_data, tmp_path):
+    """--mixed_precision=bf16 --gradient_checkpointing (the launchers' setting) through the real encoders:
+    bf16 DiT/VAE/umT5, float32 CLIP and wav2vec2; the checkpoint is in bf16 like the release."""
+    from wan.training.cli import main
+
+    out = tmp_path / "bf16"
+    main("1B_square", [*flags(ckpt, tiny_data, out, steps=2, validation=False), "--mixed_precision=bf16", "--gradient_checkpointing"])
+    weights = torch.load(out / "checkpoint-2" / "transformer3d-checkpoint-2.pt", weights_only=True)
+    start = torch.load(ckpt["transformer_path"], weights_only=True)
+    assert all(v.dtype == torch.bfloat16 and torch.isfinite(v).all() for v in weights.values())
+    assert any(not torch.equal(weights[k], start[k]) for k in weights if k.startswith("blocks."))

@@ -54,7 +54,7 @@ def load_frozen_encoders(
     dtype: torch.dtype,
     config_path: str | os.PathLike | None = None,
 ) -> FrozenEncoders:
-    """VAE / CLIP / umT5 in ``dtype`` (bf16 in training, as the original), wav2vec2 in float32, all on the CPU.
+    """VAE / umT5 in ``dtype`` (bf16 in training, as the original), CLIP and wav2vec2 in float32, all on the CPU.
 
     ``parts`` of the result holds what the validation pipeline needs besides the DiT (tokenizer,
     text_encoder, vae, clip_image_encoder, wav2vec, scheduler_kwargs): the same objects, no copies.
@@ -69,7 +69,10 @@ def load_frozen_encoders(
     text_kw, vae_kw, clip_kw = (dict(yaml.get(k) or {}) for k in ("text_encoder_kwargs", "vae_kwargs", "image_encoder_kwargs"))
 
     vae = load_vae(paths.vae, dtype=dtype, **_accepted(WanVAE, vae_kw))
-    clip = load_clip_image_encoder(paths.clip, dtype=dtype, **_accepted(CLIPVisionEncoder, clip_kw))
+    # CLIP stays float32 (as in the inference pipeline). Its LayerNorms compute in float32 on weights
+    # of the model's dtype, and layer_norm refuses float32 input with bf16 weights on CPU and CUDA
+    # alike (torch 2.11); the original got away with bf16 weights by running CLIP under CUDA autocast.
+    clip = load_clip_image_encoder(paths.clip, dtype=torch.float32, **_accepted(CLIPVisionEncoder, clip_kw))
     t5 = load_t5_encoder(paths.t5, dtype=dtype, **_accepted(WanT5Encoder, text_kw))
     tokenizer = load_tokenizer(paths.tokenizer_dir)
     wav2vec = Wav2VecFeatureExtractor(paths.wav2vec_dir)

@@ -115,6 +115,10 @@ def make_validation_hook(cfg: TrainConfig, encoders: FrozenEncoders) -> Callable
     if not encoders.parts:
         logger.warning("validation is skipped: these frozen encoders carry no pipeline components")
         return None
+    if run.mixed_precision == "bf16" and not torch.cuda.is_available():
+        # the pipeline runs a bf16 DiT only under CUDA autocast; on the CPU it needs float32
+        logger.warning("validation is skipped: --mixed_precision=bf16 on the CPU (the pipeline runs bf16 only on CUDA)")
+        return None
     width, height = run.validation_size
     out_dir = Path(cfg.checkpoint.output_dir) / "sample"
 
