@@ -131,21 +131,36 @@ def test_lora_run_and_adapter_loads_for_inference(ckpt, tiny_data, tmp_path):
     g = torch.Generator().manual_seed(0)
     cfg = model.config
     x = dict(
-        x=torch.randn(1, 16, 3, 4, 4, generator=g), t=torch.tensor([600.0]), context=[torch.randn(7, cfg.text_dim, generator=g)], seq_len=12,
-        clip_fea=torch.randn(1, 257, cfg.clip_dim, generator=g), y=torch.randn(1, 20, 3, 4, 4, generator=g),
-        vocal_embeddings=torch.randn(1, 12, cfg.audio_in_dim, generator=g), video_sample_n_frames=FRAMES,
-    )  # fmt: skip
+        x=torch.randn(1, 16, 3, 4, 4, generator=g),
+        t=torch.tensor([600.0]),
+        context=[torch.randn(7, cfg.text_dim, generator=g)],
+        seq_len=12,
+        clip_fea=torch.randn(1, 257, cfg.clip_dim, generator=g),
+        y=torch.randn(1, 20, 3, 4, 4, generator=g),
+        vocal_embeddings=torch.randn(1, 12, cfg.audio_in_dim, generator=g),
+        video_sample_n_frames=FRAMES,
+    )
     with torch.no_grad():
         expected, got, before = model(**x), loaded(**x), plain(**x)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
     assert (before - expected).abs().max() > 1e-6  # the adapter changes the model
 
     # ... and generates through the inference pipeline.
-    pipe = load_pipeline(base, transformer_path=dit_path, wav2vec_path=ckpt["pretrained_wav2vec_path"], config_path=ckpt["config_path"], device="cpu")
+    wav2vec, config = ckpt["pretrained_wav2vec_path"], ckpt["config_path"]
+    pipe = load_pipeline(base, transformer_path=dit_path, wav2vec_path=wav2vec, config_path=config, device="cpu")
     load_lora_into(pipe.transformer, adapter, scale=1.0)
     clip = tiny_data.parent / "square" / "speech" / "00000"
-    result = pipe(image=str(clip / "images" / "frame_0.png"), audio=str(clip / "audio.wav"), height=32, width=32, num_inference_steps=2,
-                  clip_length=FRAMES, overlap_window_length=1, output_type="latent", generator=torch.Generator().manual_seed(0))  # fmt: skip
+    result = pipe(
+        image=str(clip / "images" / "frame_0.png"),
+        audio=str(clip / "audio.wav"),
+        height=32,
+        width=32,
+        num_inference_steps=2,
+        clip_length=FRAMES,
+        overlap_window_length=1,
+        output_type="latent",
+        generator=torch.Generator().manual_seed(0),
+    )
     assert torch.isfinite(result.latents).all()
 
 

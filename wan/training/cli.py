@@ -263,7 +263,9 @@ def main(preset: str, argv: list[str] | None = None):
         raise SystemExit(f"{sys.argv[0] or 'train'}: {err}") from None
     dtype = torch.bfloat16 if cfg.run.mixed_precision == "bf16" else torch.float32
     transformer = load_transformer(m.pretrained_model_name_or_path, m.transformer_path, dtype=dtype)
-    encoders = FrozenEncoders.from_pretrained(m.pretrained_model_name_or_path, m.pretrained_wav2vec_path, m.tokenizer_max_length, dtype, m.config_path)
+    encoders = FrozenEncoders.from_pretrained(
+        m.pretrained_model_name_or_path, m.pretrained_wav2vec_path, m.tokenizer_max_length, dtype, m.config_path
+    )
     cfg.loss.num_train_timesteps, cfg.loss.shift = scheduler_settings(m.config_path)
     trainer = Trainer(cfg, transformer, encoders, validation=make_validation_hook(cfg, encoders))
     trainer.fit()

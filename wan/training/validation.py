@@ -99,7 +99,8 @@ def render_validation(
             generator=generator,
             output_type="stream",
         )
-        written = write_video(output_path, (decoded_to_uint8(c) for c in result.videos), fps=DEFAULT_FPS, audio_path=audio_path, progress=False)
+        frames = (decoded_to_uint8(chunk) for chunk in result.videos)
+        written = write_video(output_path, frames, fps=DEFAULT_FPS, audio_path=audio_path, progress=False)
     logger.info("validation video %s (%d frames)", written.path, written.num_frames)
     return written.path
 
