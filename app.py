@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -166,7 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    temp_root = Path(os.environ.get("GRADIO_TEMP_DIR") or tempfile.mkdtemp(prefix="stableavatar-app-"))
+    own_temp = not os.environ.get("GRADIO_TEMP_DIR")  # a folder we make is removed on exit; a given one is kept
+    temp_root = Path(tempfile.mkdtemp(prefix="stableavatar-app-") if own_temp else os.environ["GRADIO_TEMP_DIR"])
     os.environ["GRADIO_TEMP_DIR"] = str(temp_root)  # gradio's upload cache lives inside the app's temp folder
     if args.server_name not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("--server_name %s: the app is reachable from other machines", args.server_name)
@@ -185,16 +187,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     demo = build_demo(service, args.language)
     demo.queue(default_concurrency_limit=1, max_size=32)
-    demo.launch(
-        server_name=args.server_name,
-        server_port=args.server_port,
-        share=args.share,
-        mcp_server=mcp or None,
-        inbrowser=args.inbrowser,
-        max_file_size=f"{args.max_upload_mb:g}mb",
-        allowed_paths=[str(service.output_root)],
-        footer_links=["gradio"],
-    )
+    try:
+        demo.launch(
+            server_name=args.server_name,
+            server_port=args.server_port,
+            share=args.share,
+            mcp_server=mcp or None,
+            inbrowser=args.inbrowser,
+            max_file_size=f"{args.max_upload_mb:g}mb",
+            allowed_paths=[str(service.output_root)],
+            footer_links=["gradio"],
+        )
+    finally:
+        if own_temp:
+            shutil.rmtree(temp_root, ignore_errors=True)
     return 0
 
 
