@@ -179,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     checkpoints = resolve_checkpoints(args)
     logger.info("checkpoints: %s", checkpoints)
     service = AvatarService(
-        PipelineCache(checkpoints, device=args.device, attention_backend=args.attention_backend),
+        PipelineCache(checkpoints, device=args.device, attention_backend=args.attention_backend, compile_transformer=False if args.eager else None),
         output_root=Path(args.output_dir).resolve(),
         temp_root=temp_root / "requests",
         limits=Limits(max_upload_mb=args.max_upload_mb, max_duration_s=args.max_duration_s),

@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--config_path", default=None, help=f"model yaml (default <checkpoints>/{TINY_YAML} if present, else deepspeed_config/wan2.1/wan_civitai.yaml)")
     g.add_argument("--vocal_separator_model", default=str(VOCAL_MODEL), help=f"Kim_Vocal_2.onnx for the vocal separation tab (default {VOCAL_MODEL})")
     g.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    g.add_argument("--attention_backend", default=None, help="sdpa_unmasked (the default: the released model's exact outputs), sdpa, flash2 or flash3; as inference.py")
+    g.add_argument("--attention_backend", default=None, help="auto (the default: fa3 on Hopper where installed, else SDPA; the released model's maths), sdpa_unmasked, fa3, sdpa, flash2 or flash3; as inference.py")
+    g.add_argument("--eager", action="store_true", help="do not torch.compile the DiT (by default it is compiled on one CUDA GPU, cached on disk, as inference.py)")
 
     g = p.add_argument_group("limits and files")
     g.add_argument("--output_dir", default="outputs", help="results go to <output_dir>/<timestamp>_<id>/, one folder per request (default outputs)")

@@ -73,10 +73,13 @@ class PipelineCache:
     """One StableAvatarPipeline, loaded on first use and reused while the memory mode stays the same
     (a different mode drops it and loads again). Load errors become AppError with their text."""
 
-    def __init__(self, checkpoints: CheckpointConfig, device: str | None = None, attention_backend: str | None = None):
+    def __init__(
+        self, checkpoints: CheckpointConfig, device: str | None = None, attention_backend: str | None = None, compile_transformer: bool | None = None
+    ):
         self.checkpoints = checkpoints
         self.device = device
         self.attention_backend = attention_backend
+        self.compile_transformer = compile_transformer  # None: inference.py's default (compiled on one CUDA GPU)
         self._lock = threading.Lock()
         self._pipe = None
         self._mode: str | None = None
@@ -104,6 +107,7 @@ class PipelineCache:
                     memory_mode=memory_mode,
                     attention_backend=self.attention_backend,
                     device=self.device,
+                    compile_transformer=self.compile_transformer,
                 )
             except (FileNotFoundError, CheckpointError, ValueError, RuntimeError) as err:
                 logger.error("loading the pipeline failed: %s", err)

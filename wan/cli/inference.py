@@ -39,7 +39,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO_ROOT / "deepspeed_config" / "wan2.1" / "wan_civitai.yaml"
 OUTPUT_NAME = "video_with_audio.mp4"
 MEMORY_MODES = ("model_full_load", "sequential_cpu_offload", "model_cpu_offload_and_qfloat8", "model_cpu_offload")
-ATTENTION_BACKENDS = ("sdpa_unmasked", "sdpa", "flash2", "flash3")
+ATTENTION_BACKENDS = ("auto", "sdpa_unmasked", "fa3", "sdpa", "flash2", "flash3")
 RESOLUTION_MULTIPLE = 16  # VAE stride 8 x DiT patch 2
 CHECKPOINT_HELP = "see checkpoints/README.md for what to download and where to put it"
 
@@ -146,17 +146,36 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--attention_backend",
         type=str,
-        default="sdpa_unmasked",
+        default="auto",
         choices=ATTENTION_BACKENDS,
-        help="sdpa_unmasked reproduces the released model exactly (padding attended); sdpa/flash2/flash3 "
-        "mask padding and are faster but not bit-identical",
+        help="auto: FlashAttention-3 (fa3) on a Hopper GPU where installed, else PyTorch SDPA (cuDNN first); "
+        "auto, fa3 and sdpa_unmasked are the original's maths (padding attended); sdpa/flash2/flash3 mask "
+        "padding and are NOT the released model's outputs",
     )
     g.add_argument("--device", type=str, default=None, help="torch device, e.g. cuda, cuda:1, cpu (default: cuda if available)")
     g.add_argument(
         "--compile",
+        dest="compile",
+        action="store_const",
+        const=True,
+        default=None,
+        help="regional torch.compile of the DiT blocks (same maths, bf16 rounding may differ slightly). "
+        "Default: on for one CUDA GPU with --GPU_memory_mode model_full_load/model_cpu_offload; compiled once per "
+        "machine and cached in --compile_cache_dir",
+    )
+    g.add_argument("--eager", dest="compile", action="store_const", const=False, help="never compile (the eager DiT)")
+    g.add_argument(
+        "--compile_cache_dir",
+        type=str,
+        default=None,
+        help="where compiled kernels are kept between runs (default: $STABLEAVATAR_COMPILE_CACHE or "
+        "~/.cache/stableavatar/torch_compile)",
+    )
+    g.add_argument(
+        "--fast",
         action="store_true",
-        help="regional torch.compile of the DiT blocks: ~25%% faster per step on an H100 after a one-off warm-up; "
-        "same maths, bf16 rounding may differ slightly",
+        help="FP8 (e4m3) matmuls (torchao) and FP8 attention (FlashAttention-3) in the DiT: faster on Ada/Hopper GPUs, "
+        "NOT the original's numbers (error in BENCHMARKS.md); needs --GPU_memory_mode model_full_load",
     )
     g.add_argument(
         "--vae_dtype",
@@ -269,6 +288,23 @@ def _require_dir(value: str | None, flag: str, what: str) -> Path:
     return path
 
 
+def validate_speed_flags(args: argparse.Namespace) -> None:
+    """--fast, --compile and the compile cache: checked before any model loads."""
+    if args.fast and args.GPU_memory_mode != "model_full_load":
+        raise InferenceArgumentError(f"--fast quantises the DiT on the GPU: use it with --GPU_memory_mode model_full_load, not {args.GPU_memory_mode}")
+    if args.fast and args.compile is False:
+        logger.warning("--fast with --eager: FP8 matmuls are slower than bf16 without torch.compile (the quantisation is not fused)")
+    if args.compile or (args.compile is None and torch.cuda.is_available()):
+        from wan.runtime.compile_cache import check_compile_cache_dir
+
+        try:
+            check_compile_cache_dir(args.compile_cache_dir)
+        except ValueError as err:
+            if args.compile:
+                raise InferenceArgumentError(str(err)) from None
+            logger.warning("%s; compiling without a persistent cache", err)
+
+
 def validate(args: argparse.Namespace, check_checkpoints: bool = True) -> None:
     """Check every flag and input file; raise ``InferenceArgumentError`` naming the first problem.
 
@@ -298,6 +334,7 @@ def validate(args: argparse.Namespace, check_checkpoints: bool = True) -> None:
         raise InferenceArgumentError(f"--save_every={args.save_every} must be >= 0 (0 turns saving off)")
     if args.teacache_threshold < 0 or args.num_skip_start_steps < 0:
         raise InferenceArgumentError("--teacache_threshold and --num_skip_start_steps must be >= 0")
+    validate_speed_flags(args)
     if args.ulysses_degree < 1 or args.ring_degree < 1:
         raise InferenceArgumentError("--ulysses_degree and --ring_degree must be >= 1")
     degree = args.ulysses_degree * args.ring_degree
@@ -406,6 +443,8 @@ def resume_fields(args: argparse.Namespace) -> dict[str, object]:
         "enable_teacache", "ulysses_degree", "ring_degree",
     )  # fmt: skip
     fields: dict[str, object] = {name: getattr(args, name) for name in numbers}
+    if args.fast:
+        fields["fast"] = True  # FP8: other numbers (absent when off, so older states still resume)
     if args.enable_teacache:
         fields.update(teacache_threshold=args.teacache_threshold, num_skip_start_steps=args.num_skip_start_steps)
     fields["reference_image_sha256"] = file_digest(args.validation_reference_path)
@@ -460,6 +499,8 @@ def run(args: argparse.Namespace) -> Path | None:
         memory_mode=args.GPU_memory_mode,
         attention_backend=args.attention_backend,
         compile_transformer=args.compile,
+        compile_cache_dir=args.compile_cache_dir,
+        fast=args.fast,
         vae_dtype=getattr(torch, args.vae_dtype),
         sdpa_kernel=args.sdpa_kernel,
         device=args.device,

@@ -36,7 +36,7 @@ from diffusers.utils import logging
 from wan.configs import transformer_config
 from wan.constants import CLIP_DIM, CLIP_TOKENS
 
-from .attention import attention
+from .attention import attention, prepare_attention
 from .audio_adapter import AudioAdapter
 from .loading import CheckpointError, download_hint, load_into, load_state_dict_file, load_state_dict_files, require_file
 from .layers import MLPProj, WanLayerNorm, WanRMSNorm, rope_angles, rope_apply, rope_cos_sin, sinusoidal_embedding_1d
@@ -401,6 +401,7 @@ class WanAvatarTransformer3DModel(ModelMixin, ConfigMixin):
 
         # 5. Blocks (on this rank's chunk of the sequence under sequence parallelism).
         rope = rope_cos_sin(self.rope_angles, grid, device=x.device)
+        prepare_attention(x.device)  # settle 'auto' here, outside the (compiled) blocks
         sp, frame_segments = self.sequence_parallel, None
         if sp is not None:
             x, rope, frame_segments = sp.shard(x, rope, frames)

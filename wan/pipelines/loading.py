@@ -100,6 +100,13 @@ def checked_checkpoints(
     return paths, cfg
 
 
+def auto_compile(device: torch.device, memory_mode: str, multi_process: bool) -> bool:
+    """Whether ``--compile`` is on by default: one CUDA GPU holding the whole DiT. (Sequential and
+    float8-storage offload move or cast weights inside the blocks; sequence parallelism puts
+    collectives there: compiled, both break graphs and gain little.)"""
+    return torch.device(device).type == "cuda" and memory_mode in ("model_full_load", "model_cpu_offload") and not multi_process
+
+
 def load_pipeline(
     pretrained_model_name_or_path: str | os.PathLike,
     transformer_path: str | os.PathLike | None = None,
@@ -115,9 +122,11 @@ def load_pipeline(
     teacache_threshold: float | None = None,
     teacache_skip_start_steps: int = 5,
     teacache_offload: bool = False,
-    compile_transformer: bool = False,
+    compile_transformer: bool | None = False,
     sdpa_kernel: str | None = None,
     vae_dtype: torch.dtype = torch.float32,
+    fast: bool = False,
+    compile_cache_dir: str | os.PathLike | None = None,
 ):
     """Build the StableAvatarPipeline from the original checkpoint layout.
 
@@ -126,7 +135,10 @@ def load_pipeline(
     wav2vec_path: the wav2vec2-base-960h folder (default: beside the base folder).
     memory_mode: one of ``MEMORY_MODES`` (the original's ``--GPU_memory_mode``).
     dtype: compute dtype of the DiT and umT5 (default bf16 on CUDA, float32 on the CPU).
-    compile_transformer: regional ``torch.compile`` of the DiT blocks (``--compile``).
+    compile_transformer: regional ``torch.compile`` of the DiT blocks (``--compile``); None = auto:
+        on for a single CUDA GPU with the DiT resident (``model_full_load``/``model_cpu_offload``),
+        off elsewhere. Compiled code is cached in ``compile_cache_dir`` (see wan.runtime.compile_cache).
+    fast: ``--fast``: FP8 matmuls and attention in the DiT (wan.runtime.fast; not the original's numbers).
     sdpa_kernel: preferred PyTorch attention kernel (``--sdpa_kernel``; see wan.models.attention).
     vae_dtype: the VAE's dtype; float32 as the original (``--vae_dtype bfloat16`` halves the decode's
         memory and time, with bf16 rounding in the decoded frames).
@@ -169,8 +181,6 @@ def load_pipeline(
     vae = load_vae(paths.vae, dtype=vae_dtype, **_accepted(WanVAE, vae_kw))
     clip = load_clip_image_encoder(paths.clip, dtype=torch.float32, **_accepted(CLIPVisionEncoder, clip_kw))
     transformer = load_transformer(paths.base_dir, paths.transformer_path, dtype=dtype)
-    if compile_transformer:
-        transformer.compile_blocks()
     wav2vec = Wav2VecFeatureExtractor(paths.wav2vec_dir)
     scheduler = build_scheduler(cfg.get("scheduler_kwargs"))
 
@@ -180,6 +190,20 @@ def load_pipeline(
     apply_memory_mode(pipe, memory_mode, device)
     if parallel is not None:
         parallel.attach(pipe, fsdp_dit=fsdp_dit)
+    if fast:
+        from wan.runtime.fast import enable_fast_mode
+
+        if memory_mode != "model_full_load" or parallel is not None:
+            raise ValueError("--fast quantises the DiT in place on the GPU: it needs --GPU_memory_mode model_full_load on one GPU")
+        logger.info(f"--fast: {enable_fast_mode(transformer, device).describe()} (not the original's numbers)")
+    if compile_transformer is None:
+        compile_transformer = auto_compile(device, memory_mode, parallel is not None)
+    if compile_transformer:
+        from wan.runtime.compile_cache import configure_compile_cache
+
+        cache = configure_compile_cache(compile_cache_dir)
+        transformer.compile_blocks()
+        logger.info(f"DiT blocks compiled on first use (regional torch.compile); compile cache: {cache}")
     if teacache_threshold is not None:
         from wan.models.teacache import enable_teacache
 
