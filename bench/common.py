@@ -57,9 +57,10 @@ def peak_gib() -> float | None:
 
 
 def emit(**row) -> None:
-    """Print one JSON line with the device, torch version and UTC date added."""
-    row = {"device": device_name(), "torch": torch.__version__, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), **row}
-    print(json.dumps(row), flush=True)
+    """A row of several numbers (the older scripts' form): printed and appended like ``record``,
+    with ``metric`` = its ``bench`` name and the numbers in their own fields."""
+    row = dict(row)
+    record(row.pop("bench", "row"), None, "see fields", **row)
 
 
 def device_slug(name: str | None = None) -> str:

@@ -2,6 +2,11 @@
 
     python bench/dit_step.py                 # 1.3B, 480x832 and 512x512, 81 frames, bf16 (H100)
     python bench/dit_step.py --tiny          # 2-layer model at 64x64 on CPU: checks the script
+    python bench/dit_step.py --variants eager-sdpa,eager-fa3,compiled-sdpa,faithful,fast
+
+Variants (see VARIANTS): the original's eager SDPA step, fa3, compiled blocks, ``faithful`` (the GPU
+default: compiled + auto attention) and ``fast`` (--fast). Each row also gives the first call's time
+(compilation included) and the rel. L2 of the output against the first variant listed.
 
 Each row: median seconds of --repeat forwards after --warmup, and peak allocated GiB. The call
 mirrors the original pipeline: bf16 weights, bf16 latents, torch.autocast(bf16), no grad,
@@ -12,13 +17,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import emit, peak_gib, reset_peak, timed  # noqa: E402
+from bench.common import peak_gib, record, reset_peak, sync, timed  # noqa: E402
 from wan.configs import transformer_config  # noqa: E402
 from wan.models.attention import set_attention_backend  # noqa: E402
 from wan.models.transformer import WanAvatarTransformer3DModel  # noqa: E402
@@ -55,6 +61,15 @@ def build(preset: str, num_layers: int | None, device, dtype) -> WanAvatarTransf
     return torch.nn.Module.to(model, dtype=dtype).eval().requires_grad_(False)
 
 
+VARIANTS = {  # name: (compiled, attention backend, fast)
+    "eager-sdpa": (False, "sdpa_unmasked", False),  # what the original runs
+    "eager-fa3": (False, "fa3", False),
+    "compiled-sdpa": (True, "sdpa_unmasked", False),
+    "faithful": (True, "auto", False),  # the default on a GPU: compiled blocks, fa3 where installed
+    "fast": (True, "auto", True),  # --fast: FP8 matmuls + FP8 attention
+}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="1.3B", choices=["1.3B", "14B"])
@@ -62,39 +77,57 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=81)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeat", type=int, default=5)
-    p.add_argument("--attention", default="sdpa_unmasked")
+    p.add_argument("--variants", default="eager-sdpa,faithful", help=f"comma-separated, in this order, from {list(VARIANTS)} ('fast' last: it quantises the model)")
     p.add_argument("--tiny", action="store_true", help="2 layers, 64x64, 17 frames, float32 on CPU")
     args = p.parse_args()
 
-    set_attention_backend(args.attention)
     device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     sizes = ["64x64"] if args.tiny else args.sizes.split(",")
     frames = 17 if args.tiny else args.frames
     model = build(args.preset, 2 if args.tiny else None, device, dtype)
-    for size in sizes:
-        h, w = map(int, size.split("x"))
-        inputs = cfg_inputs(h, w, frames, device, dtype, audio_tokens=33 if args.tiny else 167)
-        reset_peak()
+    preset = args.preset + (" (2 layers)" if args.tiny else "")
+    reference: dict[str, torch.Tensor] = {}  # size -> output of the first variant, for the error columns
+    compiled = False
+    for variant in args.variants.split(","):
+        want_compile, backend, fast = VARIANTS[variant]
+        if want_compile and not compiled:
+            from wan.runtime.compile_cache import configure_compile_cache
 
-        def step():
-            with torch.no_grad(), torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=device == "cuda"):
-                return model(**inputs)
+            configure_compile_cache()
+            model.compile_blocks()
+            compiled = True
+        elif compiled and not want_compile:
+            raise SystemExit("list eager variants before compiled ones (compiling is in place)")
+        if fast:
+            from wan.runtime.fast import enable_fast_mode
 
-        out = step()
-        assert torch.isfinite(out.float()).all(), "non-finite DiT output"
-        median, times = timed(step, warmup=args.warmup, repeat=args.repeat)
-        emit(
-            bench="dit_step",
-            preset=args.preset + (" (2 layers)" if args.tiny else ""),
-            size=f"{h}x{w}x{frames}",
-            batch=3,
-            dtype=str(dtype).replace("torch.", ""),
-            attention=args.attention,
-            median_s=round(median, 4),
-            runs_s=[round(t, 4) for t in times],
-            peak_gib=None if peak_gib() is None else round(peak_gib(), 2),
-        )
+            print("fast mode:", enable_fast_mode(model, device).describe(), flush=True)
+        set_attention_backend(backend)
+        for size in sizes:
+            h, w = map(int, size.split("x"))
+            inputs = cfg_inputs(h, w, frames, device, dtype, audio_tokens=33 if args.tiny else 167)
+            reset_peak()
+
+            def step():
+                with torch.no_grad(), torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=device == "cuda"):
+                    return model(**inputs)
+
+            start = time.perf_counter()
+            out = step()
+            sync()
+            first_s = time.perf_counter() - start
+            assert torch.isfinite(out.float()).all(), f"non-finite DiT output ({variant})"
+            median, times = timed(step, warmup=args.warmup, repeat=args.repeat)
+            fields = dict(size=f"{h}x{w}x{frames}", variant=variant, preset=preset, batch=3, attention=backend, compiled=want_compile)
+            if size in reference:
+                ref = reference[size].float()
+                fields["rel_l2_vs_" + args.variants.split(",")[0]] = round(((out.float() - ref).norm() / ref.norm()).item(), 6)
+            else:
+                reference[size] = out.detach()
+            record("dit_step_s", round(median, 4), "s", runs_s=[round(t, 4) for t in times], first_call_s=round(first_s, 2), **fields)
+            if peak_gib() is not None:
+                record("peak_gib", round(peak_gib(), 2), "GiB", phase="dit_step", **fields)
 
 
 if __name__ == "__main__":

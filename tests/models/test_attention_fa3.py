@@ -88,9 +88,10 @@ def test_auto_on_cpu_never_calls_the_flash_kernel(fake_flash):
 class _Fake:
     """Just the attributes _resolve_auto reads (no CUDA tensor can exist here)."""
 
-    def __init__(self, cuda=True, dtype=torch.bfloat16, requires_grad=False):
+    def __init__(self, cuda=True, dtype=torch.bfloat16, requires_grad=False, head_dim=128):
         self.is_cuda, self.dtype, self.requires_grad = cuda, dtype, requires_grad
         self.device = torch.device("cuda:0" if cuda else "cpu")
+        self.shape = (1, 10, 2, head_dim)
 
 
 @pytest.mark.parametrize(
@@ -102,6 +103,7 @@ class _Fake:
         ({"cuda": False}, False, True, "sdpa_unmasked"),
         ({"requires_grad": True}, True, True, "sdpa_unmasked"),  # training: forward-only kernels
         ({"requires_grad": True}, False, True, "fa3"),  # under no_grad a leaf that requires grad is fine
+        ({"head_dim": 16}, False, True, "sdpa_unmasked"),  # a head size the kernels are not built for (tiny models)
     ],
 )
 def test_auto_selection(monkeypatch, kwargs, grad, flash_ok, expected):

@@ -12,11 +12,18 @@ from wan.testing.golden_dit import build_dit
 pytestmark = pytest.mark.gpu
 
 
-def _bf16_rel_l2_to_golden(compiled: bool) -> float:
+def _bf16_rel_l2_to_golden(compiled: bool, backend: str = "sdpa_unmasked", fast: bool = False) -> float:
     """dit_1b in bf16 under autocast on the GPU (as the pipeline runs it) vs the float32 golden."""
+    from wan.models.attention import attention_backend, set_fp8_attention
+
     case = GoldenCase.load(CASES / "dit_1b")
     model = torch.nn.Module.to(build_dit(case.meta["constructor"]), device="cuda", dtype=torch.bfloat16)
+    if fast:
+        from wan.runtime.fast import enable_fast_mode
+
+        enable_fast_mode(model, "cuda")
     if compiled:
+        torch._dynamo.reset()
         model.compile_blocks()
     kw = case.call_kwargs()
     kw["clip_fea"] = kw["clip_fea"].repeat(3, 1, 1)
@@ -24,11 +31,14 @@ def _bf16_rel_l2_to_golden(compiled: bool) -> float:
         kw[k] = kw[k].to("cuda", torch.bfloat16)
     kw["t"] = kw["t"].cuda()
     kw["context"] = [c.to("cuda", torch.bfloat16) for c in kw["context"]]
-    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-        out = model(**kw).float().cpu()
+    try:
+        with attention_backend(backend), torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+            out = model(**kw).float().cpu()
+    finally:
+        set_fp8_attention(False)
     ref = case.reference()["out"]
     rel_l2 = ((out - ref).norm() / ref.norm()).item()
-    print(f"{'compiled ' if compiled else ''}bf16 vs float32 golden: rel_l2 {rel_l2:.3e}")
+    print(f"{'compiled ' if compiled else ''}{backend}{' fast' if fast else ''} bf16 vs float32 golden: rel_l2 {rel_l2:.3e}")
     return rel_l2
 
 

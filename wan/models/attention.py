@@ -60,6 +60,7 @@ FLASH_MODULES = (
     ("fa3_fwd_interface", (9,), True),  # pip install fa3-fwd: the FA3 forward kernel alone
     ("flash_attn.cute.interface", (9, 10), False),  # flash-attn-4 (CuTe DSL)
 )
+FLASH_HEAD_DIMS = (64, 96, 128, 192, 256)  # head sizes the FA3 kernels are built for (Wan: 128)
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
 SDPA_KERNELS = ("auto", "cudnn", "flash", "efficient", "math")
 _EXTRA: dict[str, Callable[..., torch.Tensor]] = {}
@@ -169,7 +170,7 @@ def prepare_attention(device: torch.device | str) -> bool:
 
 
 def _resolve_auto(q: torch.Tensor, k: torch.Tensor) -> str:
-    usable = q.is_cuda and q.dtype in (torch.bfloat16, torch.float16) and k.dtype == q.dtype
+    usable = q.is_cuda and q.dtype in (torch.bfloat16, torch.float16) and k.dtype == q.dtype and q.shape[-1] in FLASH_HEAD_DIMS
     if usable and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
         usable = False  # training: the flash kernels here have no backward
     if usable:
