@@ -70,13 +70,19 @@ def test_fa3_without_a_build_is_a_clear_error(monkeypatch):
 
 
 def test_fa3_runs_the_installed_kernel_through_the_custom_op(fake_flash):
-    q, k, v = qkv()
+    q, k, v = qkv(d=64, dtype=torch.bfloat16)
     out = A.attention(q, k, v, backend="fa3")
-    assert fake_flash == [{"dtype": torch.float32, "descale": False, "shape": (2, 6, 2, 8)}]
-    torch.testing.assert_close(out, reference(q, k, v).float(), rtol=1e-5, atol=1e-5)
+    assert fake_flash == [{"dtype": torch.bfloat16, "descale": False, "shape": (2, 6, 2, 64)}]
+    torch.testing.assert_close(out, reference(q, k, v).to(torch.bfloat16))
     # the padding lengths are ignored: fa3 is the original's unmasked maths, like sdpa_unmasked
     masked_lens = torch.tensor([3, 9])
-    torch.testing.assert_close(A.attention(q, k, v, k_lens=masked_lens, backend="fa3"), A.attention(q, k, v, backend="sdpa_unmasked"))
+    assert torch.equal(A.attention(q, k, v, k_lens=masked_lens, backend="fa3"), out)
+
+
+def test_fa3_sends_what_the_kernel_cannot_take_to_sdpa(fake_flash):
+    for q, k, v in (qkv(d=64), qkv(d=16, dtype=torch.bfloat16)):  # float32; a head size the kernels lack
+        torch.testing.assert_close(A.attention(q, k, v, backend="fa3"), A.attention(q, k, v, backend="sdpa_unmasked"))
+    assert fake_flash == []
 
 
 def test_auto_on_cpu_never_calls_the_flash_kernel(fake_flash):
@@ -125,7 +131,7 @@ def test_prepare_attention_needs_a_hopper_gpu(fake_flash, monkeypatch):
 
 def test_custom_op_compiles_without_graph_breaks(fake_flash):
     """fullgraph=True fails on any graph break; aot_eager runs the fake implementation for shapes."""
-    q, k, v = qkv()
+    q, k, v = qkv(d=64, dtype=torch.bfloat16)
 
     def block(q, k, v):
         return A.attention(q * 2, k, v, backend="fa3").sin()
@@ -133,6 +139,7 @@ def test_custom_op_compiles_without_graph_breaks(fake_flash):
     torch._dynamo.reset()
     compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(compiled(q, k, v), block(q, k, v))
+    assert fake_flash and all(call["dtype"] == torch.bfloat16 for call in fake_flash)
     explanation = torch._dynamo.explain(block)(q, k, v)
     assert explanation.graph_break_count == 0
 
@@ -162,13 +169,13 @@ def test_quantize_fp8_scales_per_row_and_head():
 
 
 def test_fp8_attention_sends_quantised_inputs_and_stays_close(fake_flash):
-    q, k, v = qkv(b=2, lq=64, lk=64, n=2, d=32, dtype=torch.bfloat16)
+    q, k, v = qkv(b=2, lq=64, lk=64, n=2, d=64, dtype=torch.bfloat16)
     assert A.set_fp8_attention(True) is True
     try:
         out = A.attention(q, k, v, backend="fa3")
     finally:
         A.set_fp8_attention(False)
-    assert fake_flash[-1] == {"dtype": torch.float8_e4m3fn, "descale": True, "shape": (2, 64, 2, 32)}
+    assert fake_flash[-1] == {"dtype": torch.float8_e4m3fn, "descale": True, "shape": (2, 64, 2, 64)}
     assert out.dtype == torch.bfloat16
     ref = reference(q.float(), k.float(), v.float()).float()
     rel = ((out.float() - ref).norm() / ref.norm()).item()

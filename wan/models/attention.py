@@ -20,7 +20,8 @@ Backends
     ``fa3_fwd`` wheel) or FlashAttention-4 (``flash_attn.cute``), unmasked like ``sdpa_unmasked``:
     the same maths, about 1.2x faster than cuDNN on an H200. Called through the custom op
     ``torch.ops.wan.flash_attention`` (with a fake implementation), so regional ``torch.compile``
-    traces it without a graph break. Inference only (the kernels here are forward-only).
+    traces it without a graph break. Inference only (the kernels here are forward-only). Calls the
+    kernels cannot take (float32 inputs, head sizes other than 64/96/128/192/256) go to SDPA.
     With ``set_fp8_attention(True)`` (the ``--fast`` mode) q/k/v are quantised to float8 e4m3
     with one scale per (batch row, head) and the kernel's FP8 path runs: faster, not exact.
 ``flash2`` / ``flash3``
@@ -169,8 +170,13 @@ def prepare_attention(device: torch.device | str) -> bool:
     return _flash_ok[index]
 
 
+def _flash_inputs_ok(q: torch.Tensor, k: torch.Tensor) -> bool:
+    """Half-precision inputs of a head size the kernels are built for."""
+    return q.dtype in (torch.bfloat16, torch.float16) and k.dtype == q.dtype and q.shape[-1] in FLASH_HEAD_DIMS
+
+
 def _resolve_auto(q: torch.Tensor, k: torch.Tensor) -> str:
-    usable = q.is_cuda and q.dtype in (torch.bfloat16, torch.float16) and k.dtype == q.dtype and q.shape[-1] in FLASH_HEAD_DIMS
+    usable = q.is_cuda and _flash_inputs_ok(q, k)
     if usable and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
         usable = False  # training: the flash kernels here have no backward
     if usable:
@@ -290,6 +296,8 @@ def attention(
         if name == "sdpa_unmasked":
             return _sdpa(q, k, v, prefer_cudnn=True)
     if name == "fa3":
+        if not _flash_inputs_ok(q, k):  # e.g. a float32 branch of the model: the same maths by SDPA
+            return _sdpa(q, k, v, prefer_cudnn=True)
         return _fa3(q, k, v)
     if name == "sdpa_unmasked" or (name == "sdpa" and k_lens is None):
         return _sdpa(q, k, v)
