@@ -56,8 +56,8 @@ def test_capable_device_quantises_with_torchao_row_wise(tiny_dit, monkeypatch):
         pass
 
     class Float8DynamicActivationFloat8WeightConfig:
-        def __init__(self, granularity):
-            self.granularity = granularity
+        def __init__(self, granularity, set_inductor_config=True):
+            self.granularity, self.set_inductor_config = granularity, set_inductor_config
 
     quantization.PerRow = PerRow
     quantization.Float8DynamicActivationFloat8WeightConfig = Float8DynamicActivationFloat8WeightConfig
@@ -72,6 +72,7 @@ def test_capable_device_quantises_with_torchao_row_wise(tiny_dit, monkeypatch):
     assert mode.fp8_linear and not mode.fp8_attention
     [(model, config, filter_fn)] = calls
     assert model is tiny_dit and isinstance(config.granularity, PerRow)
+    assert config.set_inductor_config is False  # torchao's default turns on process-wide coordinate-descent autotuning
     assert filter_fn is fast.is_fast_linear
 
 

@@ -68,7 +68,10 @@ def enable_fast_mode(transformer: nn.Module, device: torch.device | str, fp8_lin
         except ImportError:
             mode.skipped.append("FP8 matmuls need torchao: pip install torchao")
         else:
-            quantize_(transformer, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), filter_fn=is_fast_linear)
+            # set_inductor_config=False: torchao's "recommended" settings turn on inductor's coordinate-descent
+            # autotuning for the whole process, which spent minutes per kernel at these shapes on an H200.
+            config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False)
+            quantize_(transformer, config, filter_fn=is_fast_linear)
             mode.fp8_linear = True
     if fp8_attention and capable:
         with warnings.catch_warnings(record=True) as caught:
