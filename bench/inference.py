@@ -185,6 +185,10 @@ def main() -> None:
             a, b = runs["faithful"], runs["fast"]
             rel = ((b["latents"] - a["latents"]).norm() / a["latents"].norm()).item()
             fields = dict(case=name, size=f"{h}x{w}", steps=args.total_steps, weights=weights)
+            for variant, r in runs.items():  # the first DiT call of each (cold unless the cache was filled before)
+                if r["compile_s"] is not None and device == "cuda":
+                    record("compile_s", round(r["compile_s"], 1), "s", variant=variant, first_step_s=round(r["first_step"], 1), **fields)
+                record("pipeline_step_s", round(r["per_step"], 3), "s", variant=variant, **fields)
             record("fast_latents_rel_l2", round(rel, 5), "ratio", **fields)
             record("fast_frames_psnr_db", round(psnr(b["video"], a["video"]), 2), "dB", **fields)
         return
