@@ -60,11 +60,19 @@ class InferenceArgumentError(ValueError):
     """An inference flag or input file is wrong; the message says which and how to fix it."""
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: ...)" only where there is a value to show: a ``None`` default is
+    explained in the flag's own help when it means something."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="inference.py",
         description="StableAvatar: animate a reference image with a driving audio track (any length, sliding windows).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     g = p.add_argument_group("models")
     g.add_argument(

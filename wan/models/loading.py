@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 # Where users get each file; used in "missing file" errors. ``hf`` is huggingface_hub's CLI since
-# 0.34 (``pip install -U huggingface_hub``); 1.0 removed the old ``huggingface-cli``.
+# 0.34 (``pip install -U huggingface_hub``); 1.0 removed the command older guides use.
 DOWNLOAD_HINTS: dict[str, str] = {
     "Wan2.1-Fun-V1.1-1.3B-InP": "hf download alibaba-pai/Wan2.1-Fun-V1.1-1.3B-InP --local-dir checkpoints/Wan2.1-Fun-V1.1-1.3B-InP",
     "Wan2.1-I2V-14B-480P": "hf download Wan-AI/Wan2.1-I2V-14B-480P --local-dir checkpoints/Wan2.1-I2V-14B-480P",
