@@ -407,7 +407,7 @@ def validate(args: argparse.Namespace, check_checkpoints: bool = True) -> None:
         raise InferenceArgumentError(str(err)) from None
 
     # 4. Every weight file (last: the slowest check, and the flags above name simpler mistakes).
-    if check_checkpoints:  # presence, headers, sizes, then keys and shapes on the meta device: about a second
+    if check_checkpoints:  # presence, headers, sizes, then keys and shapes on the meta device (no weight is read)
         from wan.models.loading import CheckpointError
         from wan.pipelines.loading import checked_checkpoints
 

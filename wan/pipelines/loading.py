@@ -127,7 +127,7 @@ def check_weight_contents(paths: CheckpointPaths, cfg: dict[str, Any], config_pa
     """Every weight file's keys and shapes against the model it feeds, before any weight is read.
 
     Runs the real loaders (so the same key mapping) on meta tensors: headers and pickled metadata
-    only, about a second for the released 14 GB. Raises one CheckpointError listing every file
+    only, so the cost does not grow with the weights' size. Raises one CheckpointError listing every file
     that does not match. When only the encoders (umT5/VAE/CLIP) mismatch, their sizes come from
     the yaml: the message names a yaml beside the folder that fits (the tiny folders ship one).
     """
