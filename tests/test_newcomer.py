@@ -76,7 +76,7 @@ def test_readme_layout_lists_every_entry_point():
 
 
 def test_example_paths_in_docs_exist_and_match_inference_sh():
-    for doc in DOCS:
+    for doc in [*DOCS, REPO / "inference.sh", REPO / "multiple_gpu_inference.sh"]:
         for path in re.findall(r"examples/case-\d+/[\w.]+", doc.read_text()):
             assert (REPO / path).is_file(), f"{doc.name} names {path}, which does not exist"
     script = (REPO / "inference.sh").read_text()
