@@ -14,13 +14,14 @@ import importlib.util
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from wan.app.config import parse_args, resolve_checkpoints
-from wan.app.helpers import MAX_SIZE, MIN_SIZE, SIZE_MULTIPLE, AppError, adjust_size_to_image, snap_size
+from wan.app.config import checkpoint_problems, parse_args, resolve_checkpoints
+from wan.app.helpers import MAX_SIZE, MIN_SIZE, SIZE_MULTIPLE, AppError, adjust_size_to_image, new_session_dir, snap_size
 from wan.app.i18n import LANGUAGES, info, text
 from wan.app.service import AvatarService, GenerateRequest, Limits, PipelineCache
 
@@ -178,15 +179,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     checkpoints = resolve_checkpoints(args)
     logger.info("checkpoints: %s", checkpoints)
+    problems = checkpoint_problems(checkpoints)
+    if problems:  # said once here; each generation then shows it in the page until the files are there
+        logger.warning("generation will fail until the checkpoints are in place (the other tabs work):\n%s", problems)
+    results = Path(args.output_dir).resolve()
     service = AvatarService(
         PipelineCache(checkpoints, device=args.device, attention_backend=args.attention_backend, compile_transformer=False if args.eager else None),
-        output_root=Path(args.output_dir).resolve(),
+        output_root=new_session_dir(results),  # the only results folder the page serves
         temp_root=temp_root / "requests",
         limits=Limits(max_upload_mb=args.max_upload_mb, max_duration_s=args.max_duration_s),
         vocal_model=args.vocal_separator_model,
+        keep_results=args.keep_results,
+        results_root=results,
     )
     demo = build_demo(service, args.language)
     demo.queue(default_concurrency_limit=1, max_size=32)
+    # SIGTERM (systemd, docker stop, kill) ends the app like Ctrl+C, so the finally below runs.
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         demo.launch(
             server_name=args.server_name,
@@ -199,8 +208,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             footer_links=["gradio"],
         )
     finally:
+        signal.signal(signal.SIGTERM, previous)
         if own_temp:
             shutil.rmtree(temp_root, ignore_errors=True)
+        if service.output_root.is_dir() and not any(service.output_root.iterdir()):
+            service.output_root.rmdir()  # a session without results leaves no folder
     return 0
 
 

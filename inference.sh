@@ -14,8 +14,6 @@ REFERENCE=${REFERENCE:-examples/case-1/reference.png}
 AUDIO=${AUDIO:-examples/case-2/audio.wav}  # the only example track shipped here (40 s of speech)
 OUTPUT_DIR=${OUTPUT_DIR:-output_infer}
 
-bash scripts/setup_env.sh  # creates .venv on first use, then reuses it
-
 missing=()
 for path in "$MODEL_NAME" "$TRANSFORMER" "$WAV2VEC"; do
   [[ -e $path ]] || missing+=("$path")
@@ -23,7 +21,7 @@ done
 if (( ${#missing[@]} )); then
   echo "inference.sh: missing checkpoints: ${missing[*]}" >&2
   echo "  download them as described in checkpoints/README.md, e.g." >&2
-  echo "  pip install 'huggingface_hub[cli]' && huggingface-cli download FrancisRing/StableAvatar --local-dir ./checkpoints" >&2
+  echo "  pip install -U 'huggingface_hub>=0.34' && hf download FrancisRing/StableAvatar --local-dir ./checkpoints" >&2
   exit 1
 fi
 for path in "$REFERENCE" "$AUDIO"; do
@@ -32,6 +30,8 @@ for path in "$REFERENCE" "$AUDIO"; do
     exit 1
   fi
 done
+
+bash scripts/setup_env.sh  # creates .venv on first use (a few GB), then reuses it: only once the inputs are there
 
 CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0} .venv/bin/python inference.py \
   --config_path="deepspeed_config/wan2.1/wan_civitai.yaml" \

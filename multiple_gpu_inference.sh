@@ -15,7 +15,7 @@ MODEL_NAME=checkpoints/Wan2.1-Fun-V1.1-1.3B-InP
 TRANSFORMER=${TRANSFORMER:-checkpoints/StableAvatar-1.3B/transformer3d-square.pt}
 WAV2VEC=checkpoints/wav2vec2-base-960h
 REFERENCE=${REFERENCE:-examples/case-1/reference.png}
-AUDIO=${AUDIO:-examples/case-1/audio.wav}
+AUDIO=${AUDIO:-examples/case-2/audio.wav}  # the only example track shipped here (40 s of speech)
 OUTPUT_DIR=${OUTPUT_DIR:-output_infer}
 FSDP=()
 [[ ${FSDP_DIT:-0} == 1 ]] && FSDP=(--fsdp_dit)
@@ -27,7 +27,7 @@ done
 if (( ${#missing[@]} )); then
   echo "multiple_gpu_inference.sh: missing checkpoints: ${missing[*]}" >&2
   echo "  download them as described in checkpoints/README.md, e.g." >&2
-  echo "  pip install 'huggingface_hub[cli]' && huggingface-cli download FrancisRing/StableAvatar --local-dir ./checkpoints" >&2
+  echo "  pip install -U 'huggingface_hub>=0.34' && hf download FrancisRing/StableAvatar --local-dir ./checkpoints" >&2
   exit 1
 fi
 for path in "$REFERENCE" "$AUDIO"; do

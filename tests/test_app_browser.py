@@ -197,7 +197,7 @@ def test_generate_video_with_sound(page, server, speech_2s, tmp_path):
         assert (vstream.width, vstream.height) == (64, 64)
         assert sum(1 for _ in container.decode(vstream)) == 49  # 2 s -> 50 frames -> 13 latents -> 49 frames
 
-    outputs = list((server["root"] / "outputs").glob("*/video_with_audio.mp4"))
+    outputs = list((server["root"] / "outputs").glob("session_*/*/video_with_audio.mp4"))
     assert len(outputs) == 1, "one folder per request under --output_dir"
     assert not list((server["root"] / "gradio" / "requests").glob("*/*")), "staged uploads are removed after the request"
 

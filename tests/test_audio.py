@@ -118,7 +118,7 @@ def test_short_window_raises(case_extractor):
 def test_folder_without_weights_names_what_is_missing(tmp_path):
     with pytest.raises(CheckpointError, match=r"model\.safetensors or pytorch_model\.bin"):
         Wav2VecFeatureExtractor(PIPELINE / "wav2vec")
-    with pytest.raises(FileNotFoundError, match="wav2vec2-base-960h.*huggingface-cli download"):
+    with pytest.raises(FileNotFoundError, match="wav2vec2-base-960h.*hf download"):
         Wav2VecFeatureExtractor(tmp_path / "wav2vec2-base-960h")
 
 

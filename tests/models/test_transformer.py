@@ -229,7 +229,7 @@ def test_base_only_warns_once_and_zero_audio(tmp_path, tiny_model, caplog):
 
 def test_missing_base_file_names_download(tmp_path):
     (tmp_path / "Wan2.1-Fun-V1.1-1.3B-InP").mkdir()
-    with pytest.raises(FileNotFoundError, match="config.json.*huggingface-cli download alibaba-pai/Wan2.1-Fun-V1.1-1.3B-InP"):
+    with pytest.raises(FileNotFoundError, match="config.json.*hf download alibaba-pai/Wan2.1-Fun-V1.1-1.3B-InP"):
         load_transformer(tmp_path / "Wan2.1-Fun-V1.1-1.3B-InP")
 
 

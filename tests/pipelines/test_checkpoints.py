@@ -70,8 +70,8 @@ def test_missing_files_are_all_named_with_their_download(root):
         paths.validate(NO_FLOORS)
     text = str(err.value)
     assert "2 checkpoint problem(s)" in text
-    assert f"{base / 'models_t5_umt5-xxl-enc-bf16.pth'}: file not found; download it with: huggingface-cli download alibaba-pai/Wan2.1-Fun-V1.1-1.3B-InP" in text
-    assert "model.safetensors: file not found (nor pytorch_model.bin); download it with: huggingface-cli download facebook/wav2vec2-base-960h" in text
+    assert f"{base / 'models_t5_umt5-xxl-enc-bf16.pth'}: file not found; download it with: hf download alibaba-pai/Wan2.1-Fun-V1.1-1.3B-InP" in text
+    assert "model.safetensors: file not found (nor pytorch_model.bin); download it with: hf download facebook/wav2vec2-base-960h" in text
 
 
 def test_truncated_safetensors(root):
@@ -110,7 +110,7 @@ def test_sharded_14b_base(tmp_path):
     assert paths.model_size() == "14B" and len(paths.dit_weights) == 3 and paths.transformer_path is None
     paths.validate(NO_FLOORS)
     (base / "diffusion_pytorch_model-00002-of-00003.safetensors").unlink()
-    with pytest.raises(CheckpointError, match=r"00002-of-00003\.safetensors: file not found; download it with: huggingface-cli download Wan-AI/Wan2.1-I2V-14B-480P"):
+    with pytest.raises(CheckpointError, match=r"00002-of-00003\.safetensors: file not found; download it with: hf download Wan-AI/Wan2.1-I2V-14B-480P"):
         paths.validate(NO_FLOORS)
 
 
@@ -119,7 +119,7 @@ def test_transformer_path_must_be_a_file(root):
     with pytest.raises(CheckpointError, match=r"must be a file.*transformer3d-square\.pt or .*transformer3d-rec-vec\.pt"):
         paths.validate(NO_FLOORS)
     paths = CheckpointPaths.from_args(root / "Wan2.1-Fun-V1.1-1.3B-InP", root / "StableAvatar-1.3B" / "transformer3d-sqare.pt")
-    with pytest.raises(CheckpointError, match="transformer3d-sqare.pt: file not found; download it with: huggingface-cli download FrancisRing/StableAvatar"):
+    with pytest.raises(CheckpointError, match="transformer3d-sqare.pt: file not found; download it with: hf download FrancisRing/StableAvatar"):
         paths.validate(NO_FLOORS)
 
 

@@ -150,7 +150,7 @@ def random_conv_model(path, seed: int = 0):
     return _save([conv, helper.make_node("Sigmoid", ["z"], ["g"]), helper.make_node("Mul", ["input", "g"], ["output"])], path, [w, b])
 
 
-# Runs audio-separator offline, as DEPS.md describes: its three model-data JSON files keyed by the model's MD5,
+# Runs audio-separator offline: its three model-data JSON files (which it downloads unless present) keyed by the model's MD5,
 # a torchvision stub (onnx2torch imports it; the ONNX path never calls it) and the bundled ffmpeg on PATH.
 _LIBRARY_RUN = """
 import hashlib, json, sys, types
@@ -192,7 +192,9 @@ def test_matches_audio_separator(stereo_mix, tmp_path):
     if importlib.util.find_spec("audio_separator") is None:
         pytest.skip(
             "audio-separator is an optional reference here, not a dependency; to run this comparison: "
-            "pip install --no-deps audio-separator==0.47.1 plus the packages DEPS.md lists"
+            "pip install --no-deps audio-separator==0.47.1 onnx2torch-py313==1.6.0 beartype==0.18.5 diffq==0.2.4 julius==0.2.8 "
+            "ml_collections==1.1.0 absl-py pydub==0.25.1 resampy==0.4.3 rotary-embedding-torch==0.6.5 samplerate==0.1.0 six requests pyyaml "
+            "(--no-deps keeps its torchvision out)"
         )
     path, mix = stereo_mix
     models = tmp_path / "models"

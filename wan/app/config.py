@@ -58,7 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--eager", action="store_true", help="do not torch.compile the DiT (by default it is compiled on one CUDA GPU, cached on disk, as inference.py)")
 
     g = p.add_argument_group("limits and files")
-    g.add_argument("--output_dir", default="outputs", help="results go to <output_dir>/<timestamp>_<id>/, one folder per request (default outputs)")
+    g.add_argument(
+        "--output_dir", default="outputs", help="results go to <output_dir>/session_<start>_<pid>/<timestamp>_<id>/, one folder per request (default outputs)"
+    )
+    g.add_argument(
+        "--keep_results", type=int, default=20, help="keep the N newest result folders in --output_dir, from any session (default 20; 0 keeps all)"
+    )
     g.add_argument("--max_upload_mb", type=float, default=100.0, help="largest upload accepted, in MB (default 100; also enforced by the server)")
     g.add_argument("--max_duration_s", type=float, default=300.0, help="longest audio/video accepted, in seconds (default 300)")
     return p
@@ -68,7 +73,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     if args.max_upload_mb <= 0 or args.max_duration_s <= 0:
         build_parser().error("--max_upload_mb and --max_duration_s must be positive")
+    if args.keep_results < 0:
+        build_parser().error("--keep_results must be >= 0 (0 keeps every result)")
     return args
+
+
+def checkpoint_problems(checkpoints: CheckpointConfig) -> str | None:
+    """What is missing or damaged in the checkpoint folders (presence, headers, sizes: well under a
+    second), as the message the generation would give; None when all is there."""
+    from wan.models.loading import CheckpointError
+    from wan.pipelines.loading import checked_checkpoints
+
+    c = checkpoints
+    try:
+        checked_checkpoints(c.pretrained_model_name_or_path, c.transformer_path, c.pretrained_wav2vec_path, c.config_path)
+    except (CheckpointError, FileNotFoundError, ValueError) as err:
+        return str(err)
+    return None
 
 
 def resolve_checkpoints(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> CheckpointConfig:

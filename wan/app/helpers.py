@@ -128,6 +128,38 @@ def new_request_dir(root: str | os.PathLike, now: datetime | None = None) -> Pat
     return folder
 
 
+REQUEST_DIR = re.compile(r"\d{8}_\d{6}_[0-9a-f]{8}")
+SESSION_DIR = re.compile(r"session_\d{8}_\d{6}_\d+")
+
+
+def new_session_dir(root: str | os.PathLike, now: datetime | None = None) -> Path:
+    """This app process's folder ``root/session_<YYYYmmdd_HHMMSS>_<pid>``: the only one it serves."""
+    folder = Path(root) / f"session_{(now or datetime.now()).strftime('%Y%m%d_%H%M%S')}_{os.getpid()}"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def prune_results(root: str | os.PathLike, keep: int, spare: tuple[Path, ...] = ()) -> list[Path]:
+    """Keep the ``keep`` most recent request folders under ``root`` (directly in it or in its
+    session folders) and remove the others, then the session folders left empty; ``spare`` is never
+    removed. ``keep <= 0`` keeps everything. Returns what was removed."""
+    root = Path(root)
+    if keep <= 0 or not root.is_dir():
+        return []
+    sessions = [p for p in root.iterdir() if p.is_dir() and SESSION_DIR.fullmatch(p.name)]
+    requests = [p for folder in (root, *sessions) for p in folder.iterdir() if p.is_dir() and REQUEST_DIR.fullmatch(p.name)]
+    requests.sort(key=lambda p: (p.stat().st_mtime, p.name), reverse=True)
+    spared = {p.resolve() for p in spare}
+    removed = [p for p in requests[keep:] if p.resolve() not in spared]
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    for session in sessions:
+        if session.resolve() not in spared and not any(session.iterdir()):
+            session.rmdir()
+            removed.append(session)
+    return removed
+
+
 def media_duration(path: str | os.PathLike) -> float:
     """Duration in seconds of the audio/video streams of a file (PyAV, from the headers).
     AppError if FFmpeg cannot open it or it has neither audio nor video."""

@@ -23,6 +23,7 @@ from wan.app.helpers import (
     clip_length_ok,
     media_duration,
     new_request_dir,
+    prune_results,
     resolve_seed,
     snap_size,
     stage_upload,
@@ -129,18 +130,32 @@ class PipelineCache:
 
 class AvatarService:
     """The app's actions. ``output_root`` receives one folder per request; uploads are copied into
-    ``temp_root`` under fixed names before anything reads them."""
+    ``temp_root`` under fixed names before anything reads them. With ``keep_results`` N > 0 each
+    new request removes all but the N newest request folders under ``results_root`` (app.py: the
+    --output_dir, whose session folders hold them)."""
 
-    def __init__(self, pipelines: PipelineCache, output_root: str | os.PathLike, temp_root: str | os.PathLike, limits: Limits, vocal_model: str | os.PathLike):
+    def __init__(
+        self,
+        pipelines: PipelineCache,
+        output_root: str | os.PathLike,
+        temp_root: str | os.PathLike,
+        limits: Limits,
+        vocal_model: str | os.PathLike,
+        keep_results: int = 0,
+        results_root: str | os.PathLike | None = None,
+    ):
         self.pipelines = pipelines
         self.output_root = Path(output_root)
         self.temp_root = Path(temp_root)
         self.limits = limits
         self.vocal_model = Path(vocal_model)
+        self.keep_results = keep_results  # request folders kept under results_root (0: all)
+        self.results_root = Path(results_root) if results_root is not None else self.output_root
 
     # -- shared ---------------------------------------------------------------------------------
     def _folders(self) -> tuple[Path, Path]:
         out = new_request_dir(self.output_root)
+        prune_results(self.results_root, self.keep_results, spare=(out, self.output_root))
         tmp = self.temp_root / out.name
         tmp.mkdir(parents=True, exist_ok=True)
         return out, tmp

@@ -60,11 +60,19 @@ class InferenceArgumentError(ValueError):
     """An inference flag or input file is wrong; the message says which and how to fix it."""
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: ...)" only where there is a value to show: a ``None`` default is
+    explained in the flag's own help when it means something."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="inference.py",
         description="StableAvatar: animate a reference image with a driving audio track (any length, sliding windows).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     g = p.add_argument_group("models")
     g.add_argument(
@@ -290,6 +298,8 @@ def _require_dir(value: str | None, flag: str, what: str) -> Path:
 
 def validate_speed_flags(args: argparse.Namespace) -> None:
     """--fast, --compile and the compile cache: checked before any model loads."""
+    import torch
+
     if args.fast and args.GPU_memory_mode != "model_full_load":
         raise InferenceArgumentError(f"--fast quantises the DiT on the GPU: use it with --GPU_memory_mode model_full_load, not {args.GPU_memory_mode}")
     if args.fast and args.compile is False:
@@ -370,6 +380,7 @@ def validate(args: argparse.Namespace, check_checkpoints: bool = True) -> None:
 
         with Image.open(image) as img:
             img.verify()
+            image_size = img.size
     except Exception as err:
         raise InferenceArgumentError(f"--validation_reference_path: cannot read image {image}: {err}") from None
     audio = _require_file(args.validation_driven_audio_path, "--validation_driven_audio_path", "driving audio")
@@ -382,13 +393,30 @@ def validate(args: argparse.Namespace, check_checkpoints: bool = True) -> None:
     if not args.output_dir:
         raise InferenceArgumentError("--output_dir is required: the folder that receives the video")
 
-    # 3. Every weight file (last: the slowest check, and the flags above name simpler mistakes).
-    if check_checkpoints:  # presence, headers and sizes only: well under a second
+    # 3. What would otherwise fail after the models loaded: silent audio, an output folder that
+    #    cannot take the video (see wan.cli.preflight).
+    from wan.cli import preflight
+
+    preflight.warn_upscale(image_size, args.width, args.height, image)
+    try:
+        try:
+            num_frames = preflight.check_audio(audio)
+        except ValueError as err:
+            raise ValueError(f"--validation_driven_audio_path: {err}") from None
+        need = preflight.output_bytes(num_frames, args.width, args.height, args.save_intermediate, args.save_every)
+        preflight.check_output_dir(args.output_dir, need)
+    except ValueError as err:
+        raise InferenceArgumentError(str(err)) from None
+
+    # 4. Every weight file (last: the slowest check, and the flags above name simpler mistakes).
+    if check_checkpoints:  # presence, headers, sizes, then keys and shapes on the meta device (no weight is read)
         from wan.models.loading import CheckpointError
         from wan.pipelines.loading import checked_checkpoints
 
         try:
-            checked_checkpoints(args.pretrained_model_name_or_path, args.transformer_path, args.pretrained_wav2vec_path, args.config_path)
+            checked_checkpoints(
+                args.pretrained_model_name_or_path, args.transformer_path, args.pretrained_wav2vec_path, args.config_path, contents=True
+            )
         except CheckpointError as err:
             raise InferenceArgumentError(str(err)) from None
 
@@ -471,10 +499,12 @@ def run(args: argparse.Namespace) -> Path | None:
     from wan.constants import DEFAULT_FPS, NEGATIVE_PROMPT
     from wan.runtime.memory import GPUOutOfMemoryError, oom_advice
     from wan.runtime.resume import STATE_FILE, StepSaver, check_compatible, load_state
-    from wan.utils.video_io import write_video
+    from wan.utils.video_io import remove_stale_temp_files, write_video
 
     # Resume (checked before any model loads: a mismatch fails in a second).
     writer = int(os.environ.get("RANK", "0")) == 0  # sequence parallel: every rank generates, rank 0 writes
+    if writer:  # a write killed earlier left its temporary mp4: nothing can resume it
+        remove_stale_temp_files(Path(args.output_dir) / OUTPUT_NAME)
     state_path = Path(args.output_dir) / STATE_FILE
     fields = resume_fields(args)
     start_step, latents = 0, None
@@ -535,12 +565,14 @@ def run(args: argparse.Namespace) -> Path | None:
         )
         if not writer:
             return None
+        final = getattr(result, "latents", None)  # [1, 16, T, h, w]: the video has 1 + 4 (T - 1) frames
         written = write_video(
             Path(args.output_dir) / OUTPUT_NAME,
             _uint8_chunks(result),
             fps=DEFAULT_FPS,
             audio_path=args.validation_driven_audio_path,
             save_intermediate=args.save_intermediate,
+            total_frames=1 + 4 * (final.shape[2] - 1) if final is not None else None,
         )
     except torch.cuda.OutOfMemoryError as err:  # the saved state (if any) is kept for --resume
         kept = str(state_path) if saver is not None and state_path.is_file() else None
@@ -559,12 +591,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InferenceArgumentError as err:
         print(f"inference.py: error: {err}", file=sys.stderr)
         return 2
+    from wan.models.loading import CheckpointError
     from wan.runtime.memory import GPUOutOfMemoryError
     from wan.runtime.resume import ResumeMismatchError
 
     try:
         path = run(args)
-    except ResumeMismatchError as err:
+    except (ResumeMismatchError, CheckpointError) as err:
         print(f"inference.py: error: {err}", file=sys.stderr)
         return 2
     except GPUOutOfMemoryError as err:

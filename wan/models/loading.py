@@ -4,29 +4,55 @@ Every weight file of the released models goes through ``load_state_dict_file``: 
 through safetensors, ``.pt``/``.pth``/``.bin`` through ``torch.load(weights_only=True)`` (no
 arbitrary pickles). ``load_into`` loads strictly by default and, on mismatch, raises one error
 that lists the missing and unexpected keys and says which file was read.
+
+``check_only()`` runs any loader without reading weights: files give meta tensors (headers and
+pickled metadata only) and ``load_into`` stops the loader with ``WeightsMatch`` once keys and shapes
+are checked, so a wrong file fails in a second instead of after 14 GB were read.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+import pickle
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 import torch
 
-# Where users get each file; used in "missing file" errors.
+# Where users get each file; used in "missing file" errors. ``hf`` is huggingface_hub's CLI since
+# 0.34 (``pip install -U huggingface_hub``); 1.0 removed the command older guides use.
 DOWNLOAD_HINTS: dict[str, str] = {
-    "Wan2.1-Fun-V1.1-1.3B-InP": "huggingface-cli download alibaba-pai/Wan2.1-Fun-V1.1-1.3B-InP --local-dir checkpoints/Wan2.1-Fun-V1.1-1.3B-InP",
-    "Wan2.1-I2V-14B-480P": "huggingface-cli download Wan-AI/Wan2.1-I2V-14B-480P --local-dir checkpoints/Wan2.1-I2V-14B-480P",
-    "wav2vec2-base-960h": "huggingface-cli download facebook/wav2vec2-base-960h --local-dir checkpoints/wav2vec2-base-960h",
-    "Wan2.1-I2V-14B-720P": "huggingface-cli download Wan-AI/Wan2.1-I2V-14B-720P --local-dir checkpoints/Wan2.1-I2V-14B-720P",
-    "StableAvatar-1.3B": "huggingface-cli download FrancisRing/StableAvatar --local-dir checkpoints",
-    "Kim_Vocal_2.onnx": "huggingface-cli download FrancisRing/StableAvatar Kim_Vocal_2.onnx --local-dir checkpoints",
+    "Wan2.1-Fun-V1.1-1.3B-InP": "hf download alibaba-pai/Wan2.1-Fun-V1.1-1.3B-InP --local-dir checkpoints/Wan2.1-Fun-V1.1-1.3B-InP",
+    "Wan2.1-I2V-14B-480P": "hf download Wan-AI/Wan2.1-I2V-14B-480P --local-dir checkpoints/Wan2.1-I2V-14B-480P",
+    "wav2vec2-base-960h": "hf download facebook/wav2vec2-base-960h --local-dir checkpoints/wav2vec2-base-960h",
+    "Wan2.1-I2V-14B-720P": "hf download Wan-AI/Wan2.1-I2V-14B-720P --local-dir checkpoints/Wan2.1-I2V-14B-720P",
+    "StableAvatar-1.3B": "hf download FrancisRing/StableAvatar --local-dir checkpoints",
+    "Kim_Vocal_2.onnx": "hf download FrancisRing/StableAvatar Kim_Vocal_2.onnx --local-dir checkpoints",
 }
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint file is missing, unreadable, or does not match the module."""
+
+
+class WeightsMatch(Exception):
+    """Raised by ``load_into`` under ``check_only()``: the keys and shapes match; nothing was loaded."""
+
+
+_CHECK_ONLY: ContextVar[bool] = ContextVar("check_only", default=False)
+
+
+@contextmanager
+def check_only() -> Iterator[None]:
+    """Within: weight files are read as meta tensors and ``load_into`` raises ``WeightsMatch`` after
+    its checks. Wrap the loader call in ``torch.device("meta")`` too, so no model is allocated."""
+    token = _CHECK_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _CHECK_ONLY.reset(token)
 
 
 def download_hint(path: str | os.PathLike) -> str:
@@ -54,23 +80,39 @@ def load_state_dict_file(path: str | os.PathLike, unwrap: Iterable[str] = ("stat
     (the training scripts' ``{"state_dict": ...}``) is removed.
     """
     path = require_file(path)
+    device = "meta" if _CHECK_ONLY.get() else "cpu"  # meta: keys and shapes only, no weight is read
     try:
         if path.suffix == ".safetensors":
+            from safetensors import safe_open
             from safetensors.torch import load_file
 
-            state = load_file(str(path))
+            if device == "meta":  # from the header; the dtype does not matter to the checks
+                with safe_open(str(path), "pt") as f:
+                    state = {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
+            else:
+                state = load_file(str(path))
         else:
             try:
-                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                state = torch.load(path, map_location=device, weights_only=True, mmap=True)
             except RuntimeError:  # legacy (non-zip) pickles cannot be memory-mapped
-                state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated download, wrong format, pickled code objects
+                state = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exc:  # weights_only refused a class or a call in the pickle
+        raise CheckpointError(
+            f"{path}: refused: not a plain tensor checkpoint (it pickles Python objects, which could run code when loaded: "
+            f"{str(exc).splitlines()[-1]}); use the released file: {download_hint(path)}"
+        ) from None
+    except Exception as exc:  # truncated download, wrong format
         raise CheckpointError(f"could not read {path}: {exc}. The file may be truncated; {download_hint(path)}") from exc
     for key in unwrap:
         if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):
             state = state[key]
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path} does not hold a flat state dict of tensors")
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{path}: refused: not a plain tensor checkpoint (it holds a {type(state).__name__}, not a dict of tensors)")
+    stray = next((k for k, v in state.items() if not isinstance(v, torch.Tensor)), None)
+    if stray is not None:
+        raise CheckpointError(
+            f"{path}: refused: not a plain tensor checkpoint (entry {stray!r} is a {type(state[stray]).__name__}, not a tensor)"
+        )
     return dict(state)
 
 
@@ -121,6 +163,8 @@ def load_into(
         if unexpected:
             msg.append(f"{len(unexpected)} unexpected keys: {_listing(unexpected)}")
         raise CheckpointError(" ".join(msg))
+    if _CHECK_ONLY.get():
+        raise WeightsMatch(source)
     state = {k: v.to(own[k].dtype) if own[k].is_floating_point() else v for k, v in state.items() if k in own}
     module.load_state_dict(state, strict=False, assign=assign)
     return missing, unexpected

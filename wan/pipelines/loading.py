@@ -68,21 +68,102 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return torch.device("cpu")
 
 
+def _component_kwargs(cfg: dict[str, Any]) -> dict[str, dict]:
+    """Constructor overrides of umT5, the VAE and CLIP from the yaml (the tiny folders' sizes)."""
+    from wan.models.clip import CLIPVisionEncoder
+    from wan.models.t5 import WanT5Encoder
+    from wan.models.vae import WanVAE
+
+    return {
+        "t5": _accepted(WanT5Encoder, dict(cfg.get("text_encoder_kwargs", {}))),
+        "vae": _accepted(WanVAE, dict(cfg.get("vae_kwargs", {}))),
+        "clip": _accepted(CLIPVisionEncoder, dict(cfg.get("image_encoder_kwargs", {}))),
+    }
+
+
+def _weight_problems(paths: CheckpointPaths, cfg: dict[str, Any], roles: tuple[str, ...] = ("t5", "vae", "clip", "dit")) -> dict[str, str]:
+    """Each loader of ``roles`` run under ``check_only()`` on the meta device: {role: its CheckpointError}."""
+    from wan.models.clip import load_clip_image_encoder
+    from wan.models.loading import CheckpointError, WeightsMatch, check_only
+    from wan.models.t5 import load_t5_encoder
+    from wan.models.transformer import load_transformer
+    from wan.models.vae import load_vae
+
+    kw = _component_kwargs(cfg)
+    loaders = {
+        "t5": lambda: load_t5_encoder(paths.t5, preset="umt5-xxl", device="meta", **kw["t5"]),
+        "vae": lambda: load_vae(paths.vae, device="meta", **kw["vae"]),
+        "clip": lambda: load_clip_image_encoder(paths.clip, device="meta", **kw["clip"]),
+        "dit": lambda: load_transformer(paths.base_dir, paths.transformer_path, device="meta"),
+    }
+    found = {}
+    for role in roles:
+        try:
+            with check_only(), torch.device("meta"):
+                loaders[role]()
+        except WeightsMatch:
+            continue
+        except (CheckpointError, FileNotFoundError) as err:
+            found[role] = str(err)
+    return found
+
+
+def _matching_yaml(paths: CheckpointPaths, config_path: str | os.PathLike | None, roles: list[str]) -> Path | None:
+    """A yaml beside the base folder (or in it) whose encoder sizes fit the files of ``roles``."""
+    current = Path(config_path or DEFAULT_CONFIG).resolve()
+    for candidate in sorted({*paths.base_dir.parent.glob("*.yaml"), *paths.base_dir.glob("*.yaml")}):
+        if candidate.resolve() == current:
+            continue
+        try:
+            cfg = read_yaml_config(candidate)
+        except ValueError:
+            continue
+        if not _weight_problems(paths, cfg, tuple(roles)):
+            return candidate
+    return None
+
+
+def check_weight_contents(paths: CheckpointPaths, cfg: dict[str, Any], config_path: str | os.PathLike | None = None) -> None:
+    """Every weight file's keys and shapes against the model it feeds, before any weight is read.
+
+    Runs the real loaders (so the same key mapping) on meta tensors: headers and pickled metadata
+    only, so the cost does not grow with the weights' size. Raises one CheckpointError listing every file
+    that does not match. When only the encoders (umT5/VAE/CLIP) mismatch, their sizes come from
+    the yaml: the message names a yaml beside the folder that fits (the tiny folders ship one).
+    """
+    from wan.models.loading import CheckpointError
+
+    found = _weight_problems(paths, cfg)
+    if not found:
+        return
+    head = f"{len(found)} weight file(s) do not match their model"
+    encoders = [role for role in found if role != "dit"]
+    fit = _matching_yaml(paths, config_path, encoders) if encoders and "dit" not in found else None
+    if fit or (encoders and "dit" not in found and all("wrong shape" in found[role] for role in encoders)):
+        # every mismatch is an encoder size, and those sizes come from the yaml
+        fix = f"pass --config_path={fit} (its sizes match these files)" if fit else "pass the yaml made for these files with --config_path"
+        head = (
+            f"the {'/'.join(encoders)} files do not have the sizes {config_path or DEFAULT_CONFIG} declares "
+            f"(text_encoder_kwargs, vae_kwargs, image_encoder_kwargs): {fix}"
+        )
+    raise CheckpointError(f"{head}:\n  " + "\n  ".join(found.values()))
+
+
 def checked_checkpoints(
     pretrained_model_name_or_path: str | os.PathLike,
     transformer_path: str | os.PathLike | None = None,
     wav2vec_path: str | os.PathLike | None = None,
     config_path: str | os.PathLike | None = None,
+    contents: bool = False,
 ) -> tuple[CheckpointPaths, dict[str, Any]]:
     """The checkpoint layout for these flags, validated (every file present and readable), and the yaml.
 
     Raises CheckpointError listing every problem with its download command. The size floors that
     catch truncated downloads hold for the released sizes only; a yaml that declares smaller models
-    (the tiny test folders) drops them, headers are checked either way.
+    (the tiny test folders) drops them, headers are checked either way. With ``contents`` every
+    file's keys and shapes are checked too (``check_weight_contents``).
     """
-    from wan.models.clip import CLIPVisionEncoder
-    from wan.models.t5 import T5_PRESETS, WanT5Encoder
-    from wan.models.vae import WanVAE
+    from wan.models.t5 import T5_PRESETS
 
     cfg = read_yaml_config(config_path)
     text_kw, vae_kw, clip_kw = (dict(cfg.get(k, {})) for k in ("text_encoder_kwargs", "vae_kwargs", "image_encoder_kwargs"))
@@ -93,10 +174,11 @@ def checked_checkpoints(
         "tokenizer_subpath": text_kw.get("tokenizer_subpath"),
     }
     paths = CheckpointPaths.from_args(pretrained_model_name_or_path, transformer_path, wav2vec_path, **{k: v for k, v in subpaths.items() if v})
-    small = bool(_accepted(CLIPVisionEncoder, clip_kw) or _accepted(WanVAE, vae_kw)) or any(
-        T5_PRESETS["umt5-xxl"].get(k) != v for k, v in _accepted(WanT5Encoder, text_kw).items()
-    )
+    kw = _component_kwargs(cfg)
+    small = bool(kw["clip"] or kw["vae"]) or any(T5_PRESETS["umt5-xxl"].get(k) != v for k, v in kw["t5"].items())
     paths.validate(min_bytes={"vae": 0, "t5": 0, "clip": 0, "transformer": 0} if small else None)
+    if contents:
+        check_weight_contents(paths, cfg, config_path)
     return paths, cfg
 
 
@@ -145,10 +227,10 @@ def load_pipeline(
     """
     from wan.audio import Wav2VecFeatureExtractor
     from wan.models.attention import set_attention_backend
-    from wan.models.clip import CLIPVisionEncoder, load_clip_image_encoder
-    from wan.models.t5 import WanT5Encoder, load_t5_encoder, load_tokenizer
+    from wan.models.clip import load_clip_image_encoder
+    from wan.models.t5 import load_t5_encoder, load_tokenizer
     from wan.models.transformer import load_transformer
-    from wan.models.vae import WanVAE, load_vae
+    from wan.models.vae import load_vae
     from wan.pipelines.pipeline_stableavatar import StableAvatarPipeline
     from wan.pipelines.scheduling import build_scheduler
 
@@ -173,14 +255,20 @@ def load_pipeline(
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
 
     paths, cfg = checked_checkpoints(pretrained_model_name_or_path, transformer_path, wav2vec_path, config_path)
-    text_kw, vae_kw, clip_kw = (dict(cfg.get(k, {})) for k in ("text_encoder_kwargs", "vae_kwargs", "image_encoder_kwargs"))
+    kw = _component_kwargs(cfg)
 
-    # Components are loaded on the CPU; the memory mode then places them.
+    # Components are loaded on the CPU; the memory mode then places them. One line per file: the
+    # released umT5 alone is 11 GB.
     tokenizer = load_tokenizer(paths.tokenizer_dir)
-    text_encoder = load_t5_encoder(paths.t5, dtype=dtype, preset="umt5-xxl", **_accepted(WanT5Encoder, text_kw))
-    vae = load_vae(paths.vae, dtype=vae_dtype, **_accepted(WanVAE, vae_kw))
-    clip = load_clip_image_encoder(paths.clip, dtype=torch.float32, **_accepted(CLIPVisionEncoder, clip_kw))
+    logger.info(f"loading umT5 from {paths.t5}")
+    text_encoder = load_t5_encoder(paths.t5, dtype=dtype, preset="umt5-xxl", **kw["t5"])
+    logger.info(f"loading the VAE from {paths.vae}")
+    vae = load_vae(paths.vae, dtype=vae_dtype, **kw["vae"])
+    logger.info(f"loading CLIP from {paths.clip}")
+    clip = load_clip_image_encoder(paths.clip, dtype=torch.float32, **kw["clip"])
+    logger.info(f"loading the DiT from {paths.base_dir}" + (f" + {paths.transformer_path}" if paths.transformer_path else ""))
     transformer = load_transformer(paths.base_dir, paths.transformer_path, dtype=dtype)
+    logger.info(f"loading wav2vec2 from {paths.wav2vec_dir}")
     wav2vec = Wav2VecFeatureExtractor(paths.wav2vec_dir)
     scheduler = build_scheduler(cfg.get("scheduler_kwargs"))
 

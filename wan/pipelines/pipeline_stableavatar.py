@@ -280,7 +280,9 @@ class StableAvatarPipeline(DiffusionPipeline):
             neg, pos = (e.to(device=device, dtype=weight_dtype) for e in prompt_embeds)
             context = [neg, neg, pos]
         else:
+            logger.info("encoding the prompt (umT5)")
             context = self.encode_prompt(prompt, negative_prompt, device)
+        logger.info(f"encoding the reference image (CLIP, then the VAE over a {clip_length}-frame clip)")
         clip_context, y = self.encode_reference(image, height, width, clip_length, device, weight_dtype)
         latents_all = self.prepare_latents(latent_frames, height, width, weight_dtype, device, generator, latents)
         timesteps = set_timesteps(self.scheduler, num_inference_steps, device=device)

@@ -5,7 +5,8 @@ main environment cannot have. So the landmark step runs ``mediapipe_worker.py`` 
 found in this order:
 
 1. ``$MEDIAPIPE_PYTHON``: any python that can ``import mediapipe``;
-2. the current interpreter, if it has mediapipe <= 0.10.21 (a single-env install, DEPS.md option B);
+2. the current interpreter, if it has mediapipe <= 0.10.21 (a single-env install pinned to
+   ``numpy<2 protobuf<5 sentencepiece==0.2.0 mediapipe==0.10.21``);
 3. ``$MEDIAPIPE_VENV/bin/python`` (default ``<repo>/.venv-mp``), created on first use by
    ``scripts/setup_mediapipe_env.sh`` (about 30 s and 1 GB, once).
 """

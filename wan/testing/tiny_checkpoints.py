@@ -12,6 +12,7 @@ DIR gets what the real download gives, with recipe-filled models small enough to
     DIR/wav2vec2-base-960h/          config + processor files + weights
     DIR/StableAvatar-1.3B/transformer3d-square.pt   every DiT key, as the release
     DIR/wan_civitai_tiny.yaml        --config_path: the yaml with the tiny umT5/CLIP/VAE sizes
+    DIR/speech_3s.wav                the first 3 s of examples/case-2/audio.wav, for the printed command
 
 The outputs are noise-like videos (the weights are not trained); the folder exists to test the
 code paths end to end: loading, validation, the pipeline, the mp4 with sound.
@@ -124,14 +125,38 @@ def write_tiny_checkpoints(root: str | Path) -> dict[str, Path]:
     }
 
 
+def quick_run_command(paths: dict[str, Path], root: str | Path, seconds: float = 3.0) -> str:
+    """An ``inference.py`` command on the tiny folder that finishes in well under a minute on a CPU:
+    64x64, 2 steps, the first ``seconds`` of the example speech (written into ``root``)."""
+    import shlex
+
+    import soundfile as sf
+
+    from wan.audio import load_audio
+    from wan.constants import WAV2VEC_SAMPLE_RATE
+
+    repo = Path(__file__).resolve().parents[2]
+    audio = Path(root) / f"speech_{seconds:g}s.wav"
+    sf.write(audio, load_audio(repo / "examples" / "case-2" / "audio.wav")[: int(seconds * WAV2VEC_SAMPLE_RATE)], WAV2VEC_SAMPLE_RATE)
+    flags = {
+        **paths,
+        "validation_reference_path": "examples/case-2/reference.png",
+        "validation_driven_audio_path": audio,
+        "output_dir": "outputs/tiny",
+        "width": 64,
+        "height": 64,
+        "sample_steps": 2,
+        "device": "cpu",
+    }
+    return ".venv/bin/python inference.py " + " ".join(shlex.quote(f"--{k}={v}") for k, v in flags.items())
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m wan.testing.tiny_checkpoints", description=__doc__.split("\n\n")[0])
     parser.add_argument("dir", help="folder to write (created)")
     args = parser.parse_args(argv)
     paths = write_tiny_checkpoints(args.dir)
-    flags = " ".join(f"--{k}={v}" for k, v in paths.items())
-    print(f"tiny checkpoints written to {args.dir}\nrun: python inference.py {flags} --validation_reference_path=examples/case-2/reference.png "
-          f"--validation_driven_audio_path=examples/case-2/audio.wav --output_dir=outputs/tiny --sample_steps=2 --device=cpu")
+    print(f"tiny checkpoints written to {args.dir}\nrun (from the repository root; 64x64, 3 s of speech, 2 steps on the CPU): {quick_run_command(paths, args.dir)}")
 
 
 if __name__ == "__main__":

@@ -118,6 +118,36 @@ class _AudioSource:
         self._container.close()
 
 
+def _temp_name(final: Path, pid: int | str) -> Path:
+    return final.with_name(f".{final.stem}.tmp{pid}{final.suffix}")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_temp_files(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files a killed ``write_video`` left for ``path`` (and for its
+    ``save_intermediate`` siblings): those whose writing process is gone. Returns what was removed."""
+    path = Path(path)
+    removed = []
+    for final in (path, path.with_name(VIDEO_WITHOUT_AUDIO), path.with_name(CROPPED_AUDIO)):
+        for tmp in final.parent.glob(_temp_name(final, "*").name):
+            pid = tmp.name[len(f".{final.stem}.tmp") : -len(final.suffix)]
+            if pid.isdigit() and not _process_alive(int(pid)):
+                tmp.unlink(missing_ok=True)
+                removed.append(tmp)
+    if removed:
+        logger.info("removed %d temporary file(s) of an interrupted write: %s", len(removed), ", ".join(p.name for p in removed))
+    return removed
+
+
 @dataclass
 class _Output:
     """One container being written under a temporary name."""
@@ -133,7 +163,7 @@ class _Output:
     def open(cls, final: Path, fmt: str, options: dict[str, str] | None = None) -> _Output:
         import av
 
-        tmp = final.with_name(f".{final.stem}.tmp{os.getpid()}{final.suffix}")
+        tmp = _temp_name(final, os.getpid())
         return cls(final, tmp, av.open(str(tmp), mode="w", format=fmt, options=options or {}))
 
     def add_video(self, fps: int, width: int, height: int, crf: int) -> None:
