@@ -54,7 +54,7 @@ ORIGINAL_FLAGS = {
     "clip_sample_n_frames": (int, 81),
     "overlapping_weight_scheme": (str, "uniform"),
 }
-EXTRA_FLAGS = {"save_intermediate", "attention_backend", "device", "save_every", "resume", "compile", "sdpa_kernel", "last_window_true_length", "vae_dtype"}
+EXTRA_FLAGS = {"save_intermediate", "attention_backend", "device", "save_every", "resume", "compile", "sdpa_kernel", "last_window_true_length", "vae_dtype", "batch_file", "gpus_per_job"}
 REQUIRED = ["--pretrained_model_name_or_path=m"]
 
 

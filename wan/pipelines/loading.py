@@ -127,6 +127,7 @@ def load_pipeline(
     vae_dtype: torch.dtype = torch.float32,
     fast: bool = False,
     compile_cache_dir: str | os.PathLike | None = None,
+    ranks_per_job: int | None = None,
 ):
     """Build the StableAvatarPipeline from the original checkpoint layout.
 
@@ -142,6 +143,8 @@ def load_pipeline(
     sdpa_kernel: preferred PyTorch attention kernel (``--sdpa_kernel``; see wan.models.attention).
     vae_dtype: the VAE's dtype; float32 as the original (``--vae_dtype bfloat16`` halves the decode's
         memory and time, with bf16 rounding in the decoded frames).
+    ranks_per_job: under torchrun, the processes that make one video together (None: all of them;
+        ``--batch_file`` gives each group of ``ranks_per_job`` its own videos).
     """
     from wan.audio import Wav2VecFeatureExtractor
     from wan.models.attention import set_attention_backend
@@ -166,7 +169,7 @@ def load_pipeline(
 
         if fsdp_dit and memory_mode != "model_full_load":
             raise ValueError(f"--fsdp_dit keeps the DiT's shards on the GPUs; it needs --GPU_memory_mode model_full_load, not {memory_mode}")
-        parallel = setup_parallel(ulysses_degree, ring_degree, device=device)
+        parallel = setup_parallel(ulysses_degree, ring_degree, device=device, ranks_per_job=ranks_per_job)
         device = parallel.device
     else:
         device = resolve_device(device)
