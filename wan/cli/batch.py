@@ -129,8 +129,8 @@ def _rows(path: Path) -> list[tuple[int, dict | str]]:
     return rows
 
 
-def _job_args(args: argparse.Namespace, fields: dict, folder: Path) -> tuple[argparse.Namespace, str]:
-    """The global flags with ``fields`` on top, and the output name. Raises ValueError on a bad field."""
+def _job_args(args: argparse.Namespace, fields: dict, folder: Path) -> argparse.Namespace:
+    """The global flags with ``fields`` on top. Raises ValueError on a bad field."""
     job = copy.copy(args)
     unknown = sorted(set(fields) - set(JOB_FIELDS) - {"output_name"})
     if unknown:
@@ -146,11 +146,15 @@ def _job_args(args: argparse.Namespace, fields: dict, folder: Path) -> tuple[arg
         if dest in PATH_FIELDS:
             value = str(folder / Path(value).expanduser())  # relative paths are relative to the batch file
         setattr(job, dest, value)
-    audio = getattr(job, "validation_driven_audio_path", None)
-    name = str(fields.get("output_name") or (Path(audio).stem if audio else ""))
+    return job
+
+
+def _output_name(fields: dict, job: argparse.Namespace) -> str:
+    """The line's ``output_name`` (default: the audio file's name without its suffix)."""
+    name = str(fields.get("output_name") or Path(job.validation_driven_audio_path).stem).removesuffix(".mp4")
     if not name or name.startswith(".") or any(c in name for c in "/\\\0"):
         raise ValueError(f"output_name {name!r} must be a plain file name (no folders, not starting with '.')")
-    return job, name.removesuffix(".mp4")
+    return name
 
 
 def audio_seconds(path: str) -> float:
@@ -180,8 +184,9 @@ def read_jobs(args: argparse.Namespace) -> list[Job]:
             jobs.append(Job(number, f"line{number}", None, fields))
             continue
         try:
-            job_args, name = _job_args(args, fields, path.parent)
+            job_args = _job_args(args, fields, path.parent)
             cli.validate(job_args, check_checkpoints=False)
+            name = _output_name(fields, job_args)
             seconds = audio_seconds(job_args.validation_driven_audio_path)
         except (ValueError, OSError) as err:  # InferenceArgumentError is a ValueError; av errors are OSErrors
             jobs.append(Job(number, str(fields.get("output_name") or f"line{number}"), None, str(err)))
