@@ -296,10 +296,9 @@ def run_job(pipe, job: Job, out_dir: Path, writer: bool, rank: int) -> Result:
         if writer:
             pipe.set_progress_bar_config(desc=job.name)
         written = cli.generate(pipe, args, video, resume, writer)
-    except (GPUOutOfMemoryError, ResumeMismatchError) as err:
-        return Result(job.name, job.line, "failed", time.perf_counter() - start, error=str(err), rank=rank)
-    except Exception as err:  # noqa: BLE001 - one bad job must not end the batch; the traceback goes to the log
-        logger.error("%s (line %d) failed:\n%s", job.name, job.line, traceback.format_exc())
+    except Exception as err:  # noqa: BLE001 - one bad job must not end the batch
+        if not isinstance(err, (GPUOutOfMemoryError, ResumeMismatchError)):  # the message says it all for these two
+            logger.error("%s (line %d) failed:\n%s", job.name, job.line, traceback.format_exc())
         _free_gpu_memory()
         return Result(job.name, job.line, "failed", time.perf_counter() - start, error=f"{type(err).__name__}: {err}", rank=rank)
     return Result(job.name, job.line, "done", time.perf_counter() - start, None if written is None else written.num_frames, rank=rank)
