@@ -4,6 +4,7 @@ out, and the batch loop (skip, failures, results, exit status) on a stand-in pip
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import types
 
@@ -264,3 +265,29 @@ def test_a_damaged_video_is_made_again(folder, fake):
     (folder / "out" / "clip.mp4").write_bytes(b"\x00" * 100)  # not a video: e.g. a copy cut short
     assert cli.main(args) == 0 and len(fake.calls) == 1
     assert batch.complete_video(folder / "out" / "clip.mp4") == 12
+
+
+# ---------------------------------------------------------------------------------------------
+# What ships
+# ---------------------------------------------------------------------------------------------
+
+
+def test_batch_inference_sh_and_the_example_job_file_parse(folder):
+    from tests.conftest import REPO
+
+    text = (REPO / "batch_inference.sh").read_text()
+    command = text[text.rindex("inference.py \\") :].replace("\\\n", " ").split("\n", 1)[0]
+    values = {"$BATCH_FILE": str(REPO / "examples" / "batch_jobs.jsonl"), "$OUTPUT_DIR": str(folder / "out"), "$ULYSSES_DEGREE": "1", "$RING_DEGREE": "1"}
+    tokens = []
+    for token in shlex.split(command)[1:]:
+        for name, value in values.items():
+            token = token.replace(name, value)
+        if token != "$@":
+            tokens.append(token)
+    args = cli.parse_args(tokens)
+    assert args.batch_file.endswith("examples/batch_jobs.jsonl") and args.sample_steps == 50 and args.overlap_window_length == 10
+    for flag, value in (("pretrained_model_name_or_path", folder / "base"), ("pretrained_wav2vec_path", folder / "wav2vec"), ("transformer_path", None)):
+        setattr(args, flag, None if value is None else str(value))
+    jobs = batch.read_jobs(args)
+    assert [j.error for j in jobs] == [None] * 3 and [j.name for j in jobs] == ["case-1", "case-2", "case-3"]
+    assert jobs[2].args.seed == 7 and all(j.args.validation_reference_path.startswith(str(REPO / "examples")) for j in jobs)
