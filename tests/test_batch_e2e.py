@@ -84,6 +84,7 @@ def test_two_processes_make_the_single_process_videos_and_a_rerun_does_nothing(s
     for err in (err1, err2):
         assert "1 of 5 jobs cannot run" in err and "jobs.jsonl line 3: --validation_reference_path: cannot read image" in err
         assert "4 done, 0 skipped, 1 failed" in err
+    assert "batch: 100%" in err2 and "| 5/5 [" in err2  # rank 0's bar counted rank 1's jobs too
     rows = results(double)
     assert [(r["name"], r["line"], r["status"]) for r in rows] == [
         ("first", 1, "done"), ("a1", 2, "done"), ("broken", 3, "failed"), ("a3", 4, "done"), ("last", 5, "done")
