@@ -48,7 +48,14 @@ def make_jobs(folder: Path, jobs: int, seconds: float) -> Path:
     for i in range(jobs):
         sf.write(folder / f"speech{i}.wav", speech[i * n : (i + 1) * n], 16000)
         reference = REPO / "examples" / f"case-{i % 6 + 1}" / "reference.png"
-        rows.append({"reference": str(reference), "audio": f"speech{i}.wav", "prompt": "a person is talking to the camera", "output_name": f"job{i}"})
+        rows.append(
+            {
+                "reference": str(reference),
+                "audio": f"speech{i}.wav",
+                "prompt": "a person is talking to the camera",
+                "output_name": f"job{i}",
+            }
+        )
     path = folder / "jobs.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
@@ -110,13 +117,16 @@ def main() -> None:
             )  # fmt: skip
         elif variant == "batch":
             totals[variant] = inference([*common, f"--batch_file={jobs_file}", f"--output_dir={work / 'batch'}"])
-            extra["job_seconds"] = [round(json.loads(line)["seconds"], 1) for line in (work / "batch" / "results.jsonl").read_text().splitlines()]
+            extra["job_seconds"] = [
+                round(json.loads(line)["seconds"], 1) for line in (work / "batch" / "results.jsonl").read_text().splitlines()
+            ]
         else:
             raise SystemExit(f"--variants: unknown {variant!r} (separate, batch)")
         record("batch_vs_separate_total", round(totals[variant], 1), "s", variant=variant, **fields, **extra)
     if len(totals) == 2:
         saved = totals["separate"] - totals["batch"]
         record("batch_vs_separate_saved", round(saved, 1), "s", speedup=round(totals["separate"] / totals["batch"], 2), **fields)
+
 
 if __name__ == "__main__":
     main()

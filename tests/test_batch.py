@@ -16,7 +16,6 @@ import torch
 from tests.conftest import EXAMPLES
 from wan.cli import batch
 from wan.cli import inference as cli
-from wan.runtime.memory import GPUOutOfMemoryError
 
 REF = [str(EXAMPLES / f"case-{i}" / "reference.png") for i in range(1, 5)]
 
@@ -242,7 +241,12 @@ def test_batch_loads_once_writes_each_video_records_failures_and_reruns_as_a_no_
         assert [s.type for s in c.streams] == ["video", "audio"] and c.streams.video[0].width == 64
         assert sum(1 for _ in c.decode(video=0)) == 25
     results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    assert [(r["name"], r["line"], r["status"]) for r in results] == [("short", 1, "done"), ("long", 2, "done"), ("bad", 3, "failed"), ("oom", 4, "failed")]
+    assert [(r["name"], r["line"], r["status"]) for r in results] == [
+        ("short", 1, "done"),
+        ("long", 2, "done"),
+        ("bad", 3, "failed"),
+        ("oom", 4, "failed"),
+    ]
     assert results[0]["frames"] == 12 and results[1]["frames"] == 25 and results[1]["seconds"] > 0
     assert "driving audio not found" in results[2]["error"] and "GPU_memory_mode" in results[3]["error"]
     err = capsys.readouterr().err
@@ -277,7 +281,12 @@ def test_batch_inference_sh_and_the_example_job_file_parse(folder):
 
     text = (REPO / "batch_inference.sh").read_text()
     command = text[text.rindex("inference.py \\") :].replace("\\\n", " ").split("\n", 1)[0]
-    values = {"$BATCH_FILE": str(REPO / "examples" / "batch_jobs.jsonl"), "$OUTPUT_DIR": str(folder / "out"), "$ULYSSES_DEGREE": "1", "$RING_DEGREE": "1"}
+    values = {
+        "$BATCH_FILE": str(REPO / "examples" / "batch_jobs.jsonl"),
+        "$OUTPUT_DIR": str(folder / "out"),
+        "$ULYSSES_DEGREE": "1",
+        "$RING_DEGREE": "1",
+    }
     tokens = []
     for token in shlex.split(command)[1:]:
         for name, value in values.items():
@@ -286,7 +295,11 @@ def test_batch_inference_sh_and_the_example_job_file_parse(folder):
             tokens.append(token)
     args = cli.parse_args(tokens)
     assert args.batch_file.endswith("examples/batch_jobs.jsonl") and args.sample_steps == 50 and args.overlap_window_length == 10
-    for flag, value in (("pretrained_model_name_or_path", folder / "base"), ("pretrained_wav2vec_path", folder / "wav2vec"), ("transformer_path", None)):
+    for flag, value in (
+        ("pretrained_model_name_or_path", folder / "base"),
+        ("pretrained_wav2vec_path", folder / "wav2vec"),
+        ("transformer_path", None),
+    ):
         setattr(args, flag, None if value is None else str(value))
     jobs = batch.read_jobs(args)
     assert [j.error for j in jobs] == [None] * 3 and [j.name for j in jobs] == ["case-1", "case-2", "case-3"]

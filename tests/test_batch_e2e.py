@@ -35,7 +35,12 @@ def setup(tmp_path_factory):
         sf.write(root / f"{name}.wav", speech[i * 16000 : i * 16000 + int(seconds * 16000)], 16000)
     (root / "broken.png").write_bytes(b"\x89PNG not really")
     rows = [
-        {"reference": str(EXAMPLES / "case-1" / "reference.png"), "audio": "a0.wav", "prompt": "a woman is talking", "output_name": "first"},
+        {
+            "reference": str(EXAMPLES / "case-1" / "reference.png"),
+            "audio": "a0.wav",
+            "prompt": "a woman is talking",
+            "output_name": "first",
+        },
         {"reference": str(EXAMPLES / "case-2" / "reference.png"), "audio": "a1.wav", "seed": 3, "width": 32},
         {"reference": "broken.png", "audio": "a2.wav", "output_name": "broken"},
         {"reference": str(EXAMPLES / "case-3" / "reference.png"), "audio": "a3.wav", "text_guide_scale": 4.0},
@@ -132,7 +137,9 @@ def test_an_interrupted_job_resumes_from_its_saved_steps(setup, tmp_path, monkey
     monkeypatch.setattr(video_io._Output, "add_video", video_io._Output.add_video)  # undone after the test
     make_x264_deterministic()
     root, argv = setup
-    (tmp_path / "one.jsonl").write_text(json.dumps({"reference": str(EXAMPLES / "case-1" / "reference.png"), "audio": str(root / "a3.wav"), "output_name": "job"}))
+    (tmp_path / "one.jsonl").write_text(
+        json.dumps({"reference": str(EXAMPLES / "case-1" / "reference.png"), "audio": str(root / "a3.wav"), "output_name": "job"})
+    )
     for env in ("WORLD_SIZE", "RANK"):
         monkeypatch.delenv(env, raising=False)
     args = [*argv, "--batch_file", str(tmp_path / "one.jsonl"), "--width=32", "--height=32"]
@@ -153,7 +160,9 @@ def test_an_interrupted_job_resumes_from_its_saved_steps(setup, tmp_path, monkey
 
     started = []
     generate = cli.generate
-    monkeypatch.setattr(cli, "generate", lambda pipe, a, video, point, writer: started.append(point.start_step) or generate(pipe, a, video, point, writer))
+    monkeypatch.setattr(
+        cli, "generate", lambda pipe, a, video, point, writer: started.append(point.start_step) or generate(pipe, a, video, point, writer)
+    )
     assert cli.main([*args, f"--output_dir={tmp_path / 'cut'}", "--resume"]) == 0
     assert started == [1] and not state.exists()
     assert np.array_equal(frames(tmp_path / "cut" / "job.mp4"), frames(tmp_path / "whole" / "job.mp4"))

@@ -194,7 +194,7 @@ def job_groups(windows: int = 3) -> dict:
     return {
         "describe": runtime.describe(), "ranks": ex.ranks, "job_group": runtime.job_group, "writes": runtime.writes,
         "split_rows": any(item.rows is not None for item in schedule(windows, ex.num_groups)),
-        "max_abs": max((g - w).abs().max().item() for g, w in zip(got, want)),
+        "max_abs": max((g - w).abs().max().item() for g, w in zip(got, want, strict=True)),
         "checksum": sum(g.double().sum().item() for g in got),
     }  # fmt: skip
 

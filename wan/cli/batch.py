@@ -448,6 +448,8 @@ def run_batch(args: argparse.Namespace) -> int:
     results += [Result(j.name, j.line, "failed", error=j.error) for j in bad]
     write_results(out_dir / RESULTS_FILE, results)
     counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
-    print(f"inference.py: {counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed: {out_dir / RESULTS_FILE}", file=sys.stderr)
+    print(
+        f"inference.py: {counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed: {out_dir / RESULTS_FILE}",
+        file=sys.stderr,
+    )
     return 1 if counts["failed"] else 0
-
