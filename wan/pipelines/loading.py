@@ -193,14 +193,15 @@ def load_pipeline(
     apply_memory_mode(pipe, memory_mode, device)
     if parallel is not None:
         parallel.attach(pipe, fsdp_dit=fsdp_dit)
+    shared = parallel is not None and parallel.job_size > 1  # several processes per video (a --batch_file group of one is one GPU)
     if fast:
         from wan.runtime.fast import enable_fast_mode
 
-        if memory_mode != "model_full_load" or parallel is not None:
+        if memory_mode != "model_full_load" or shared:
             raise ValueError("--fast quantises the DiT in place on the GPU: it needs --GPU_memory_mode model_full_load on one GPU")
         logger.info(f"--fast: {enable_fast_mode(transformer, device).describe()} (not the original's numbers)")
     if compile_transformer is None:
-        compile_transformer = auto_compile(device, memory_mode, parallel is not None)
+        compile_transformer = auto_compile(device, memory_mode, shared)
     if compile_transformer:
         from wan.runtime.compile_cache import configure_compile_cache
 
