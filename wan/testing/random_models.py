@@ -80,4 +80,5 @@ def write_random_checkpoints(root: str | Path, device="cuda", dtype=torch.bfloat
     from wan.testing.tiny_checkpoints import write_checkpoint_folder
 
     pipe = random_pipeline(device=device, dtype=dtype, preset=preset)
-    return write_checkpoint_folder(root, pipe.transformer, pipe.vae, pipe.text_encoder, pipe.clip_image_encoder, pipe.wav2vec.model)
+    wav2vec = pipe.wav2vec.model.to("cpu")  # save_pretrained writes from the host
+    return write_checkpoint_folder(root, pipe.transformer, pipe.vae, pipe.text_encoder, pipe.clip_image_encoder, wav2vec)
