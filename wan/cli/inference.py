@@ -307,6 +307,8 @@ def _require_dir(value: str | None, flag: str, what: str) -> Path:
 
 def validate_speed_flags(args: argparse.Namespace) -> None:
     """--fast, --compile and the compile cache: checked before any model loads."""
+    import torch
+
     if args.fast and args.GPU_memory_mode != "model_full_load":
         raise InferenceArgumentError(f"--fast quantises the DiT on the GPU: use it with --GPU_memory_mode model_full_load, not {args.GPU_memory_mode}")
     if args.fast and args.compile is False:
