@@ -54,7 +54,7 @@ ORIGINAL_FLAGS = {
     "clip_sample_n_frames": (int, 81),
     "overlapping_weight_scheme": (str, "uniform"),
 }
-EXTRA_FLAGS = {"save_intermediate", "attention_backend", "device", "save_every", "resume", "compile", "sdpa_kernel", "last_window_true_length", "vae_dtype"}
+EXTRA_FLAGS = {"save_intermediate", "attention_backend", "device", "save_every", "resume", "compile", "sdpa_kernel", "last_window_true_length", "vae_dtype", "compile_cache_dir", "fast", "batch_file", "gpus_per_job"}
 REQUIRED = ["--pretrained_model_name_or_path=m"]
 
 
@@ -104,7 +104,7 @@ def test_defaults():
     args = cli.parse_args(REQUIRED)
     assert args.seed == 42 and args.sample_steps == 50
     assert args.prompt == "The protagonist is singing"
-    assert args.attention_backend == "sdpa_unmasked" and args.device is None and not args.save_intermediate
+    assert args.attention_backend == "auto" and args.device is None and not args.save_intermediate
 
 
 def test_dead_flags_warn_even_at_their_default(caplog):
@@ -329,7 +329,7 @@ def test_main_runs_pipeline_and_writes_video_with_audio(valid_argv, tmp_path, mo
     assert cli.main(argv) == 0
     pipe = made["pipe"]
     assert pipe.loader_kwargs["memory_mode"] == "model_full_load"
-    assert pipe.loader_kwargs["attention_backend"] == "sdpa_unmasked"
+    assert pipe.loader_kwargs["attention_backend"] == "auto"
     call = pipe.call_kwargs
     assert (call["height"], call["width"], call["num_inference_steps"], call["overlap_window_length"]) == (32, 64, 3, 5)
     assert call["generator"].initial_seed() == 5 and call["output_type"] == "stream"

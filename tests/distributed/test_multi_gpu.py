@@ -121,3 +121,17 @@ def test_pipeline_on_two_processes_matches_one(tmp_path, tiny_checkpoints, ulyss
         assert (rep["usp_calls"] > 0) == (ulysses > 1), rep
         assert ("WindowParallel(groups=2" in rep["parallel"]) == (ulysses == 1)
     assert reports[0]["checksum"] == reports[1]["checksum"], "ranks hold different latents"
+
+
+def test_batch_job_groups_share_windows_inside_each_group_only(tmp_path):
+    """--batch_file --gpus_per_job 2 on 4 processes: two groups, each its own video, windows (and the
+    left-over window's CFG rows) dealt out inside the group; results identical to one process."""
+    from tests.distributed.workers import launch
+
+    reports = launch("job_groups", tmp_path, world=4)
+    for rank, rep in enumerate(reports):
+        assert "error" not in rep, rep.get("error")
+        assert rep["ranks"] == ([0, 1] if rank < 2 else [2, 3]) and rep["job_group"] == rank // 2 and rep["writes"] == (rank % 2 == 0)
+        assert rep["split_rows"] and rep["max_abs"] == 0.0, rep
+        assert "2 groups making their own videos" in rep["describe"]
+    assert reports[0]["checksum"] == reports[1]["checksum"] != reports[2]["checksum"] == reports[3]["checksum"]

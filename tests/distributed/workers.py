@@ -156,4 +156,47 @@ def pipeline_parallel(ckpt: dict, ulysses: int, seconds: float, split_rows: bool
     return report
 
 
-SCENARIOS = {"dit_sequence_parallel": dit_sequence_parallel, "pipeline_parallel": pipeline_parallel}
+# ------------------------------------------------------------------------------- batch job groups
+
+
+class _RowsPipe:
+    """Stands in for the pipeline in ``WindowParallel.predict_windows``: a window's three CFG rows are
+    simple functions of its latents, its position and the step; the whole window is their guidance."""
+
+    def window_noise(self, latents, t, window, cond, rows=(0, 1, 2)):
+        base = latents[0] * (window.index + 1) + t
+        return torch.stack([base * (r + 1) + r for r in rows])
+
+    def denoise_window(self, latents, t, window, cond):
+        from wan.pipelines.sliding_window import combine_guidance
+
+        return combine_guidance(self.window_noise(latents, t, window, cond), audio_scale=cond.audio_guide_scale, text_scale=cond.text_guide_scale)
+
+
+def job_groups(windows: int = 3) -> dict:
+    """4 processes, ``ranks_per_job=2`` (what ``--batch_file --gpus_per_job 2`` sets up): two groups of
+    two ranks, each working on its own video (its own latents) with the windows dealt out inside the
+    group. Every rank must get its own group's guided velocities, as one process computes them."""
+    from types import SimpleNamespace
+
+    from wan.distributed.runtime import setup_parallel
+    from wan.distributed.window_parallel import schedule
+
+    runtime = setup_parallel(ranks_per_job=2, device="cpu")
+    ex = runtime.windows
+    gen = torch.Generator().manual_seed(100 + runtime.job_group)  # a different video per group
+    latents = torch.randn(1, 4, 2 * windows + 1, 2, 2, generator=gen)
+    wins = [SimpleNamespace(index=i, latent_slice=slice(2 * i, 2 * i + 3), num_frames=3) for i in range(windows)]
+    cond = SimpleNamespace(audio_guide_scale=4.0, text_guide_scale=3.0)
+    pipe, t = _RowsPipe(), torch.tensor(0.5)
+    got = ex.predict_windows(pipe, latents, t, wins, cond)
+    want = [pipe.denoise_window(latents[:, :, w.latent_slice], t, w, cond) for w in wins]
+    return {
+        "describe": runtime.describe(), "ranks": ex.ranks, "job_group": runtime.job_group, "writes": runtime.writes,
+        "split_rows": any(item.rows is not None for item in schedule(windows, ex.num_groups)),
+        "max_abs": max((g - w).abs().max().item() for g, w in zip(got, want, strict=True)),
+        "checksum": sum(g.double().sum().item() for g in got),
+    }  # fmt: skip
+
+
+SCENARIOS = {"dit_sequence_parallel": dit_sequence_parallel, "pipeline_parallel": pipeline_parallel, "job_groups": job_groups}

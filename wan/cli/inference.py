@@ -27,6 +27,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import av
@@ -228,6 +229,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ring_degree", type=int, default=1, help="ring-attention sequence-parallel degree of the DiT")
     g.add_argument("--fsdp_dit", action="store_true", help="shard the DiT weights with FSDP (multi-GPU only)")
 
+    g = p.add_argument_group("many videos (docs/batch.md)")
+    g.add_argument(
+        "--batch_file",
+        type=str,
+        default=None,
+        help="a .jsonl or .csv with one video per line (reference, audio, prompt, output_name, ...): the models load once, "
+        "under torchrun the jobs are shared out; every other flag applies to all jobs",
+    )
+    g.add_argument(
+        "--gpus_per_job",
+        type=int,
+        default=None,
+        help="--batch_file under torchrun: processes that make one video together (default ulysses x ring; a multiple "
+        "of it spreads each video's windows over the extra groups)",
+    )
+
     g = p.add_argument_group("accepted for compatibility, ignored (a warning says so)")
     g.add_argument("--input_perturbation", type=float, default=0, help=DEAD_FLAGS["input_perturbation"])
     g.add_argument("--revision", type=str, default=None, help=DEAD_FLAGS["revision"])
@@ -349,7 +366,7 @@ def validate(args: argparse.Namespace, check_checkpoints: bool = True) -> None:
         raise InferenceArgumentError("--ulysses_degree and --ring_degree must be >= 1")
     degree = args.ulysses_degree * args.ring_degree
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if degree > 1 and world != degree:
+    if degree > 1 and world != degree and args.batch_file is None:  # batch: checked by wan.cli.batch
         raise InferenceArgumentError(
             f"--ulysses_degree x --ring_degree = {degree} but {world} process(es) run; "
             f"launch with: torchrun --nproc_per_node={degree} inference.py ..."
@@ -482,12 +499,40 @@ def resume_fields(args: argparse.Namespace) -> dict[str, object]:
     return fields
 
 
-def run(args: argparse.Namespace) -> Path | None:
-    """Load the pipeline, generate, write ``<output_dir>/video_with_audio.mp4``; returns its path on rank 0.
+@dataclass
+class ResumePoint:
+    """Where a run starts (``start_step``, ``latents``: from a saved state, else 0 and None) and the
+    step saver that keeps it resumable (None with ``--save_every 0`` or on a rank that does not write)."""
 
-    With ``--save_every N`` the latents are saved every N steps; ``--resume`` continues from them.
-    Out of GPU memory raises ``GPUOutOfMemoryError`` naming the memory mode to try next (the saved
-    state is kept)."""
+    state_path: Path
+    start_step: int = 0
+    latents: object = None
+    saver: object = None
+
+
+def resume_point(args: argparse.Namespace, state_path: Path, writer: bool) -> ResumePoint:
+    """Read ``state_path`` for ``--resume`` (raises ``ResumeMismatchError`` when it belongs to another
+    run) and make the step saver. Cheap: called before any model loads."""
+    from wan.runtime.resume import StepSaver, check_compatible, load_state
+
+    point = ResumePoint(state_path)
+    fields = resume_fields(args)
+    if args.resume and state_path.is_file():
+        state = load_state(state_path)
+        check_compatible(state, fields, args.GPU_memory_mode, state_path)
+        point.start_step, point.latents = state.steps_done, state.latents
+        logger.info("resuming from %s: %d of %d steps done", state_path, point.start_step, args.sample_steps)
+    elif args.resume:
+        logger.warning("--resume: no saved state at %s; starting from step 0", state_path)
+    elif state_path.is_file() and args.save_every > 0:
+        logger.warning("%s holds a saved run and will be overwritten; pass --resume to continue it instead", state_path)
+    if args.save_every > 0 and writer:
+        point.saver = StepSaver(state_path, args.save_every, args.sample_steps, args.seed, args.GPU_memory_mode, fields)
+    return point
+
+
+def load(args: argparse.Namespace, ranks_per_job: int | None = None):
+    """The pipeline for these flags (``ranks_per_job``: processes that share one video, None = all)."""
     try:
         from wan.pipelines import load_pipeline
     except ImportError as err:
@@ -496,32 +541,7 @@ def run(args: argparse.Namespace) -> Path | None:
         ) from None
     import torch
 
-    from wan.constants import DEFAULT_FPS, NEGATIVE_PROMPT
-    from wan.runtime.memory import GPUOutOfMemoryError, oom_advice
-    from wan.runtime.resume import STATE_FILE, StepSaver, check_compatible, load_state
-    from wan.utils.video_io import remove_stale_temp_files, write_video
-
-    # Resume (checked before any model loads: a mismatch fails in a second).
-    writer = int(os.environ.get("RANK", "0")) == 0  # sequence parallel: every rank generates, rank 0 writes
-    if writer:  # a write killed earlier left its temporary mp4: nothing can resume it
-        remove_stale_temp_files(Path(args.output_dir) / OUTPUT_NAME)
-    state_path = Path(args.output_dir) / STATE_FILE
-    fields = resume_fields(args)
-    start_step, latents = 0, None
-    if args.resume and state_path.is_file():
-        state = load_state(state_path)
-        check_compatible(state, fields, args.GPU_memory_mode, state_path)
-        start_step, latents = state.steps_done, state.latents
-        logger.info("resuming from %s: %d of %d steps done", state_path, start_step, args.sample_steps)
-    elif args.resume:
-        logger.warning("--resume: no saved state at %s; starting from step 0", state_path)
-    elif state_path.is_file() and args.save_every > 0:
-        logger.warning("%s holds a saved run and will be overwritten; pass --resume to continue it instead", state_path)
-    saver = None
-    if args.save_every > 0 and writer:
-        saver = StepSaver(state_path, args.save_every, args.sample_steps, args.seed, args.GPU_memory_mode, fields)
-
-    pipe = load_pipeline(
+    return load_pipeline(
         args.pretrained_model_name_or_path,
         transformer_path=args.transformer_path,
         wav2vec_path=args.pretrained_wav2vec_path,
@@ -540,7 +560,22 @@ def run(args: argparse.Namespace) -> Path | None:
         teacache_threshold=args.teacache_threshold if args.enable_teacache else None,
         teacache_skip_start_steps=args.num_skip_start_steps,
         teacache_offload=args.teacache_offload,
+        ranks_per_job=ranks_per_job,
     )
+
+
+def generate(pipe, args: argparse.Namespace, video_path: Path, resume: ResumePoint, writer: bool):
+    """One video with a loaded pipeline: ``video_path`` (mp4 with the audio, atomic) on the writing
+    rank, returns its ``WrittenVideo`` there and None elsewhere. Out of GPU memory raises
+    ``GPUOutOfMemoryError`` naming the memory mode to try next (the saved state is kept)."""
+    import torch
+
+    from wan.constants import DEFAULT_FPS, NEGATIVE_PROMPT
+    from wan.runtime.memory import GPUOutOfMemoryError, oom_advice
+    from wan.utils.video_io import remove_stale_temp_files, write_video
+
+    if writer:  # a write killed earlier left its temporary mp4: nothing can resume it
+        remove_stale_temp_files(video_path)
     generator = torch.Generator(device=getattr(pipe, "device", "cpu")).manual_seed(args.seed)
     try:
         result = pipe(
@@ -559,15 +594,15 @@ def run(args: argparse.Namespace) -> Path | None:
             last_window_true_length=args.last_window_true_length,
             generator=generator,
             output_type="stream",  # decoded chunk by chunk while the mp4 is written
-            latents=latents,
-            start_step=start_step,
-            callback_on_step_end=saver,
+            latents=resume.latents,
+            start_step=resume.start_step,
+            callback_on_step_end=resume.saver,
         )
         if not writer:
             return None
         final = getattr(result, "latents", None)  # [1, 16, T, h, w]: the video has 1 + 4 (T - 1) frames
         written = write_video(
-            Path(args.output_dir) / OUTPUT_NAME,
+            video_path,
             _uint8_chunks(result),
             fps=DEFAULT_FPS,
             audio_path=args.validation_driven_audio_path,
@@ -575,17 +610,34 @@ def run(args: argparse.Namespace) -> Path | None:
             total_frames=1 + 4 * (final.shape[2] - 1) if final is not None else None,
         )
     except torch.cuda.OutOfMemoryError as err:  # the saved state (if any) is kept for --resume
-        kept = str(state_path) if saver is not None and state_path.is_file() else None
+        kept = str(resume.state_path) if resume.saver is not None and resume.state_path.is_file() else None
         raise GPUOutOfMemoryError(oom_advice(args.GPU_memory_mode, kept)) from err
     logger.info("wrote %s (%d frames, %.2f s)", written.path, written.num_frames, written.duration)
-    if saver is not None:
-        state_path.unlink(missing_ok=True)  # the video is written: the run is no longer resumable
-    return written.path
+    if resume.saver is not None:
+        resume.state_path.unlink(missing_ok=True)  # the video is written: the run is no longer resumable
+    return written
+
+
+def run(args: argparse.Namespace) -> Path | None:
+    """Load the pipeline, generate, write ``<output_dir>/video_with_audio.mp4``; returns its path on rank 0.
+
+    With ``--save_every N`` the latents are saved every N steps; ``--resume`` continues from them
+    (the saved state is checked before any model loads: a mismatch fails in a second)."""
+    from wan.runtime.resume import STATE_FILE
+
+    writer = int(os.environ.get("RANK", "0")) == 0  # sequence parallel: every rank generates, rank 0 writes
+    resume = resume_point(args, Path(args.output_dir) / STATE_FILE, writer)
+    written = generate(load(args), args, Path(args.output_dir) / OUTPUT_NAME, resume, writer)
+    return None if written is None else written.path
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
+    if args.batch_file is not None:
+        from wan.cli.batch import run_batch
+
+        return run_batch(args)
     try:
         validate(args)
     except InferenceArgumentError as err:

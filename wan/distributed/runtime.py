@@ -56,7 +56,8 @@ def init_process_group(device: str | torch.device | None = None) -> torch.device
 @dataclass
 class ParallelRuntime:
     """What this rank does. ``sp``: its sequence-parallel group (None when groups are single ranks);
-    ``windows``: the window/CFG-row executor (None with a single group)."""
+    ``windows``: the window/CFG-row executor (None with a single group per video); ``job_size``: the
+    consecutive ranks that make one video together (``world`` unless ``--batch_file`` shares videos out)."""
 
     device: torch.device
     rank: int
@@ -65,6 +66,10 @@ class ParallelRuntime:
     ring: int
     sp: SequenceParallel | None
     windows: WindowParallel | None
+    job_size: int = 0  # 0: world
+
+    def __post_init__(self):
+        self.job_size = self.job_size or self.world
 
     @property
     def group_size(self) -> int:
@@ -74,9 +79,19 @@ class ParallelRuntime:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def job_group(self) -> int:
+        """Index of this rank's video-making group (0 when all ranks make one video)."""
+        return self.rank // self.job_size
+
+    @property
+    def writes(self) -> bool:
+        """Whether this rank writes its group's videos (the group's first rank)."""
+        return self.rank % self.job_size == 0
+
     def describe(self) -> str:
-        groups = self.world // self.group_size
-        how = []
+        groups = self.job_size // self.group_size
+        how = [f"{self.world // self.job_size} groups making their own videos"] if self.job_size < self.world else []
         if groups > 1:
             how.append(f"{groups} window/CFG-row groups")
         if self.group_size > 1:
@@ -97,14 +112,17 @@ class ParallelRuntime:
 
             shard_dit(pipe.transformer, self.sp.group, self.device)
         pipe.parallel = self.windows
-        if not self.is_main:  # one progress bar per run, rank 0's
+        if not self.writes:  # one progress bar per video, its writer's
             pipe.set_progress_bar_config(disable=True)
 
 
-def setup_parallel(ulysses_degree: int = 1, ring_degree: int = 1, device: str | torch.device | None = None, split_rows: bool = True) -> ParallelRuntime:
+def setup_parallel(
+    ulysses_degree: int = 1, ring_degree: int = 1, device: str | torch.device | None = None, split_rows: bool = True, ranks_per_job: int | None = None
+) -> ParallelRuntime:
     """Initialise torch.distributed and the groups for ``ulysses_degree * ring_degree`` ranks per DiT call.
 
-    Raises ValueError when the degrees do not divide the number of processes.
+    ``ranks_per_job``: consecutive ranks that make one video (None: all); a multiple of the degree,
+    dividing the number of processes. Raises ValueError when the numbers do not divide.
     """
     if ulysses_degree < 1 or ring_degree < 1:
         raise ValueError(f"--ulysses_degree ({ulysses_degree}) and --ring_degree ({ring_degree}) must be >= 1")
@@ -112,11 +130,21 @@ def setup_parallel(ulysses_degree: int = 1, ring_degree: int = 1, device: str | 
     world = launched_world_size()
     if world % degree:
         raise ValueError(f"--ulysses_degree x --ring_degree = {degree} must divide the number of processes ({world}); torchrun --nproc_per_node={degree}")
+    job_size = ranks_per_job or world
+    if job_size % degree or world % job_size:
+        raise ValueError(
+            f"{job_size} processes per video must be a multiple of --ulysses_degree x --ring_degree = {degree} "
+            f"and divide the number of processes ({world})"
+        )
     device = init_process_group(device)
     world, rank = dist.get_world_size(), dist.get_rank()
     sp = setup_sequence_parallel(ulysses_degree, ring_degree, device, int(os.environ.get("LOCAL_RANK", "0"))) if degree > 1 else None
-    windows = WindowParallel(group_size=degree, split_rows=split_rows) if world > degree else None
-    runtime = ParallelRuntime(device, rank, world, ulysses_degree, ring_degree, sp, windows)
+    windows = None
+    if job_size > degree:  # several groups per video: its windows are dealt out among them
+        job_ranks = [list(range(g * job_size, (g + 1) * job_size)) for g in range(world // job_size)]
+        groups = [dist.new_group(r) for r in job_ranks] if job_size < world else [None]  # every rank creates every group
+        windows = WindowParallel(group_size=degree, split_rows=split_rows, ranks=job_ranks[rank // job_size], group=groups[rank // job_size])
+    runtime = ParallelRuntime(device, rank, world, ulysses_degree, ring_degree, sp, windows, job_size)
     if runtime.is_main:
         logger.info(runtime.describe())
     return runtime

@@ -72,12 +72,16 @@ class WindowParallel:
     Args:
         group_size: ranks per group (the sequence-parallel degree; 1 = one GPU per group).
         split_rows: cut left-over windows into CFG rows (see ``schedule``); False = windows only.
+        ranks, group: the global ranks that make this video and their process group (default: all
+            ranks, the default group); ``--batch_file`` gives each set of ranks its own videos.
     """
 
-    def __init__(self, group_size: int = 1, split_rows: bool = True):
+    def __init__(self, group_size: int = 1, split_rows: bool = True, ranks: Sequence[int] | None = None, group: dist.ProcessGroup | None = None):
         if not dist.is_initialized():
             raise RuntimeError("window parallelism needs torch.distributed: launch with torchrun")
-        self.world, self.rank = dist.get_world_size(), dist.get_rank()
+        self.ranks = list(range(dist.get_world_size()) if ranks is None else ranks)
+        self.process_group = group
+        self.world, self.rank = len(self.ranks), self.ranks.index(dist.get_rank())
         if self.world % group_size:
             raise ValueError(f"group size {group_size} must divide the number of processes ({self.world})")
         self.group_size, self.num_groups = group_size, self.world // group_size
@@ -104,7 +108,7 @@ class WindowParallel:
         # 2. Every result to every rank, from its group's first rank. Receivers learn the dtype once.
         if self.num_groups > 1:
             dtypes: list[str | None] = [None] * self.world
-            dist.all_gather_object(dtypes, str(next(iter(results.values())).dtype).removeprefix("torch.") if results else None)
+            dist.all_gather_object(dtypes, str(next(iter(results.values())).dtype).removeprefix("torch.") if results else None, group=self.process_group)
             dtype = getattr(torch, next(d for d in dtypes if d is not None))
             pending = []
             for i, item in enumerate(items):
@@ -112,7 +116,8 @@ class WindowParallel:
                     rows = 1 if item.rows is None else len(item.rows)
                     shape = (rows, latents_all.shape[1], windows[item.window].num_frames, *latents_all.shape[3:])
                     results[i] = torch.empty(shape, dtype=dtype, device=latents_all.device)
-                pending.append(dist.broadcast(results[i], src=item.group * self.group_size, async_op=True))
+                src = self.ranks[item.group * self.group_size]  # a global rank, as torch.distributed wants
+                pending.append(dist.broadcast(results[i], src=src, group=self.process_group, async_op=True))
             for work in pending:
                 work.wait()
         # 3. Whole windows as they are; row items reassembled in row order and guided.

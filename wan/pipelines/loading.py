@@ -209,6 +209,7 @@ def load_pipeline(
     vae_dtype: torch.dtype = torch.float32,
     fast: bool = False,
     compile_cache_dir: str | os.PathLike | None = None,
+    ranks_per_job: int | None = None,
 ):
     """Build the StableAvatarPipeline from the original checkpoint layout.
 
@@ -224,6 +225,8 @@ def load_pipeline(
     sdpa_kernel: preferred PyTorch attention kernel (``--sdpa_kernel``; see wan.models.attention).
     vae_dtype: the VAE's dtype; float32 as the original (``--vae_dtype bfloat16`` halves the decode's
         memory and time, with bf16 rounding in the decoded frames).
+    ranks_per_job: under torchrun, the processes that make one video together (None: all of them;
+        ``--batch_file`` gives each group of ``ranks_per_job`` its own videos).
     """
     from wan.audio import Wav2VecFeatureExtractor
     from wan.models.attention import set_attention_backend
@@ -248,7 +251,7 @@ def load_pipeline(
 
         if fsdp_dit and memory_mode != "model_full_load":
             raise ValueError(f"--fsdp_dit keeps the DiT's shards on the GPUs; it needs --GPU_memory_mode model_full_load, not {memory_mode}")
-        parallel = setup_parallel(ulysses_degree, ring_degree, device=device)
+        parallel = setup_parallel(ulysses_degree, ring_degree, device=device, ranks_per_job=ranks_per_job)
         device = parallel.device
     else:
         device = resolve_device(device)
@@ -278,14 +281,15 @@ def load_pipeline(
     apply_memory_mode(pipe, memory_mode, device)
     if parallel is not None:
         parallel.attach(pipe, fsdp_dit=fsdp_dit)
+    shared = parallel is not None and parallel.job_size > 1  # several processes per video (a --batch_file group of one is one GPU)
     if fast:
         from wan.runtime.fast import enable_fast_mode
 
-        if memory_mode != "model_full_load" or parallel is not None:
+        if memory_mode != "model_full_load" or shared:
             raise ValueError("--fast quantises the DiT in place on the GPU: it needs --GPU_memory_mode model_full_load on one GPU")
         logger.info(f"--fast: {enable_fast_mode(transformer, device).describe()} (not the original's numbers)")
     if compile_transformer is None:
-        compile_transformer = auto_compile(device, memory_mode, parallel is not None)
+        compile_transformer = auto_compile(device, memory_mode, shared)
     if compile_transformer:
         from wan.runtime.compile_cache import configure_compile_cache
 

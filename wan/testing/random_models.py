@@ -71,3 +71,14 @@ def random_pipeline(device="cuda", dtype=torch.bfloat16, preset: str = "1.3B"):
     processor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True, return_attention_mask=False)
     wav2vec = Wav2VecFeatureExtractor(model=wav2vec_model, processor=processor, device=device)
     return StableAvatarPipeline(tokenizer, t5, vae, random_transformer(preset, device, dtype), clip, build_scheduler(), wav2vec)
+
+
+def write_random_checkpoints(root: str | Path, device="cuda", dtype=torch.bfloat16, preset: str = "1.3B") -> dict[str, Path]:
+    """``random_pipeline``'s full-size models saved in the release layout under ``root`` (about 20 GB
+    for the 1.3B), for benchmarks that time what inference.py does, reading the files included.
+    Returns the paths inference.py needs (the repo's yaml: real sizes)."""
+    from wan.testing.tiny_checkpoints import write_checkpoint_folder
+
+    pipe = random_pipeline(device=device, dtype=dtype, preset=preset)
+    wav2vec = pipe.wav2vec.model.to("cpu")  # save_pretrained writes from the host
+    return write_checkpoint_folder(root, pipe.transformer, pipe.vae, pipe.text_encoder, pipe.clip_image_encoder, wav2vec)

@@ -62,11 +62,12 @@ def write_tokenizer(folder: Path) -> None:
     fast.save_pretrained(str(folder))
 
 
-def write_wav2vec(folder: Path) -> None:
+def write_wav2vec(folder: Path, model=None) -> None:
+    """A wav2vec2 folder (weights, config, processor files); ``model`` default: the tiny recipe-filled one."""
     from transformers import Wav2Vec2Config, Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2Model, Wav2Vec2Processor
 
     folder.mkdir(parents=True, exist_ok=True)
-    model = fill_state_dict(Wav2Vec2Model(Wav2Vec2Config(**TINY_WAV2VEC)))
+    model = model if model is not None else fill_state_dict(Wav2Vec2Model(Wav2Vec2Config(**TINY_WAV2VEC)))
     model.save_pretrained(str(folder))
     letters = ["<pad>", "<s>", "</s>", "<unk>", "|"] + [chr(c) for c in range(ord("A"), ord("Z") + 1)] + ["'"]
     (folder / "vocab.json").write_text(json.dumps({c: i for i, c in enumerate(letters)}))
@@ -75,15 +76,48 @@ def write_wav2vec(folder: Path) -> None:
     Wav2Vec2Processor(feature_extractor=features, tokenizer=tokenizer).save_pretrained(str(folder))
 
 
-def write_yaml(path: Path) -> None:
+def write_yaml(path: Path, sizes: dict[str, dict] | None = None) -> None:
+    """The repo's yaml, with ``sizes`` (e.g. ``{"text_encoder_kwargs": TINY_T5}``) merged into its sections."""
     repo_yaml = Path(__file__).resolve().parents[2] / "deepspeed_config" / "wan2.1" / "wan_civitai.yaml"
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.load(repo_yaml) if repo_yaml.is_file() else OmegaConf.create({})
-    cfg.text_encoder_kwargs = {**OmegaConf.to_container(cfg.get("text_encoder_kwargs", {})), **TINY_T5}
-    cfg.image_encoder_kwargs = {**OmegaConf.to_container(cfg.get("image_encoder_kwargs", {})), **TINY_CLIP}
-    cfg.vae_kwargs = {**OmegaConf.to_container(cfg.get("vae_kwargs", {})), **TINY_VAE}
+    for section, fields in (sizes or {}).items():
+        cfg[section] = {**OmegaConf.to_container(cfg.get(section, {})), **fields}
     OmegaConf.save(cfg, path)
+
+
+def _cpu(state: dict, dtype: torch.dtype | None = None) -> dict:
+    return {k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in state.items()}
+
+
+@torch.no_grad()
+def write_checkpoint_folder(root: str | Path, dit, vae, t5, clip, wav2vec_model=None, sizes: dict[str, dict] | None = None) -> dict[str, Path]:
+    """Save these modules under ``root`` in the release layout (any size, any device); returns the
+    paths inference.py needs. ``sizes``: yaml fields for models smaller than the release."""
+    root = Path(root)
+    base = root / BASE
+    base.mkdir(parents=True, exist_ok=True)
+    state = _cpu(dit.state_dict())
+    (base / "config.json").write_text(json.dumps({"_class_name": type(dit).__name__, **dit.config}, default=list, indent=1))
+    save_file({k: v for k, v in state.items() if "vocal" not in k}, str(base / "diffusion_pytorch_model.safetensors"))
+    (root / "StableAvatar-1.3B").mkdir(exist_ok=True)
+    torch.save(_cpu(state, torch.bfloat16), root / "StableAvatar-1.3B" / "transformer3d-square.pt")
+    del state
+    torch.save({k.removeprefix("model."): v for k, v in _cpu(vae.state_dict()).items()}, base / "Wan2.1_VAE.pth")
+    torch.save(_cpu(t5.state_dict(), torch.bfloat16), base / "models_t5_umt5-xxl-enc-bf16.pth")
+    clip_state = {k.removeprefix("model."): v for k, v in _cpu(clip.state_dict()).items()}
+    clip_state["log_scale"] = torch.tensor(4.6)  # the release keeps the unused text tower and logit scale
+    torch.save(clip_state, base / "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth")
+    write_tokenizer(base / "google" / "umt5-xxl")
+    write_wav2vec(root / "wav2vec2-base-960h", wav2vec_model)
+    write_yaml(root / "wan_civitai_tiny.yaml" if sizes else root / "wan_civitai.yaml", sizes)
+    return {
+        "pretrained_model_name_or_path": base,
+        "transformer_path": root / "StableAvatar-1.3B" / "transformer3d-square.pt",
+        "pretrained_wav2vec_path": root / "wav2vec2-base-960h",
+        "config_path": root / ("wan_civitai_tiny.yaml" if sizes else "wan_civitai.yaml"),
+    }
 
 
 @torch.no_grad()
@@ -95,34 +129,14 @@ def write_tiny_checkpoints(root: str | Path) -> dict[str, Path]:
     from wan.models.transformer import WanAvatarTransformer3DModel
     from wan.models.vae import WanVAE
 
-    root = Path(root)
-    base = root / BASE
-    base.mkdir(parents=True, exist_ok=True)
-
-    dit = fill_state_dict(WanAvatarTransformer3DModel(**transformer_config("1.3B", **TINY_DIT)))
-    state = dit.state_dict()
-    (base / "config.json").write_text(json.dumps({"_class_name": type(dit).__name__, **dit.config}, default=list, indent=1))
-    save_file({k: v.contiguous() for k, v in state.items() if "vocal" not in k}, str(base / "diffusion_pytorch_model.safetensors"))
-    (root / "StableAvatar-1.3B").mkdir(exist_ok=True)
-    torch.save({k: v.to(torch.bfloat16) for k, v in state.items()}, root / "StableAvatar-1.3B" / "transformer3d-square.pt")
-
-    vae = fill_state_dict(WanVAE(**TINY_VAE))
-    torch.save({k.removeprefix("model."): v for k, v in vae.state_dict().items()}, base / "Wan2.1_VAE.pth")
-    t5 = fill_state_dict(WanT5Encoder(**TINY_T5))
-    torch.save({k: v.to(torch.bfloat16) for k, v in t5.state_dict().items()}, base / "models_t5_umt5-xxl-enc-bf16.pth")
-    clip = fill_state_dict(CLIPVisionEncoder(**TINY_CLIP))
-    clip_state = {k.removeprefix("model."): v for k, v in clip.state_dict().items()}
-    clip_state["log_scale"] = torch.tensor(4.6)  # the release keeps the unused text tower and logit scale
-    torch.save(clip_state, base / "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth")
-    write_tokenizer(base / "google" / "umt5-xxl")
-    write_wav2vec(root / "wav2vec2-base-960h")
-    write_yaml(root / "wan_civitai_tiny.yaml")
-    return {
-        "pretrained_model_name_or_path": base,
-        "transformer_path": root / "StableAvatar-1.3B" / "transformer3d-square.pt",
-        "pretrained_wav2vec_path": root / "wav2vec2-base-960h",
-        "config_path": root / "wan_civitai_tiny.yaml",
-    }
+    return write_checkpoint_folder(
+        root,
+        dit=fill_state_dict(WanAvatarTransformer3DModel(**transformer_config("1.3B", **TINY_DIT))),
+        vae=fill_state_dict(WanVAE(**TINY_VAE)),
+        t5=fill_state_dict(WanT5Encoder(**TINY_T5)),
+        clip=fill_state_dict(CLIPVisionEncoder(**TINY_CLIP)),
+        sizes={"text_encoder_kwargs": TINY_T5, "image_encoder_kwargs": TINY_CLIP, "vae_kwargs": TINY_VAE},
+    )
 
 
 def quick_run_command(paths: dict[str, Path], root: str | Path, seconds: float = 3.0) -> str:
