@@ -109,9 +109,9 @@ def test_defaults():
 
 def test_dead_flags_warn_even_at_their_default(caplog):
     with caplog.at_level(logging.WARNING, logger="wan.inference"):
-        cli.parse_args([*REQUIRED, "--motion_frame=25", "--sample_shift", "3", "--t5_fsdp", "--revision=x", "--offload_model"])
+        cli.parse_args([*REQUIRED, "--motion_frame=25", "--t5_fsdp", "--revision=x", "--offload_model"])
     warned = {r.getMessage().split()[0] for r in caplog.records}
-    assert warned == {"--motion_frame", "--sample_shift", "--t5_fsdp", "--revision", "--offload_model"}
+    assert warned == {"--motion_frame", "--t5_fsdp", "--revision", "--offload_model"}
     assert all("ignored" in r.getMessage() for r in caplog.records)
 
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -227,7 +228,9 @@ def apply_loras(model: nn.Module, loras: Sequence[tuple[LoraFile, float]], merge
             alpha_pattern={_exact(n): a for n, (_, _, a) in lora.layers.items()},
             lora_dropout=0.0,
         )
-        inject_adapter_in_model(config, model, adapter_name=adapter)
+        with warnings.catch_warnings():  # several files are several adapters on purpose
+            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+            inject_adapter_in_model(config, model, adapter_name=adapter)
         layers = _lora_layers(model)
         with torch.no_grad():
             for name, (down, up, _) in lora.layers.items():
@@ -246,6 +249,7 @@ def apply_loras(model: nn.Module, loras: Sequence[tuple[LoraFile, float]], merge
             layer.merge(adapter_names=names)
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, child, layer.get_base_layer())
+        vars(model).pop("peft_config", None)  # no adapter left
     elif adapters:
         for island in FP32_ISLANDS:  # wrapped Linears there must see float32 weights (see training/lora.py)
             if any(n.startswith(island + ".") for n in adapters) and hasattr(model, island):

@@ -17,13 +17,17 @@ from __future__ import annotations
 
 import inspect
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from diffusers.utils import logging
 
 from wan.pipelines.checkpoints import CheckpointPaths
+
+if TYPE_CHECKING:
+    from wan.models.lora import LoraSpec
 
 logger = logging.get_logger(__name__)
 
@@ -118,6 +122,8 @@ def load_pipeline(
     compile_transformer: bool = False,
     sdpa_kernel: str | None = None,
     vae_dtype: torch.dtype = torch.float32,
+    loras: Sequence[str | LoraSpec] = (),
+    lora_merge: bool = True,
 ):
     """Build the StableAvatarPipeline from the original checkpoint layout.
 
@@ -130,6 +136,8 @@ def load_pipeline(
     sdpa_kernel: preferred PyTorch attention kernel (``--sdpa_kernel``; see wan.models.attention).
     vae_dtype: the VAE's dtype; float32 as the original (``--vae_dtype bfloat16`` halves the decode's
         memory and time, with bf16 rounding in the decoded frames).
+    loras: LoRA files for the DiT, ``"PATH[:SCALE]"`` or ``LoraSpec`` (``--lora_path``; wan.models.lora),
+        merged into the weights, or kept as peft hooks with ``lora_merge=False`` (``--lora_no_merge``).
     """
     from wan.audio import Wav2VecFeatureExtractor
     from wan.models.attention import set_attention_backend
@@ -169,6 +177,11 @@ def load_pipeline(
     vae = load_vae(paths.vae, dtype=vae_dtype, **_accepted(WanVAE, vae_kw))
     clip = load_clip_image_encoder(paths.clip, dtype=torch.float32, **_accepted(CLIPVisionEncoder, clip_kw))
     transformer = load_transformer(paths.base_dir, paths.transformer_path, dtype=dtype)
+    if loras:
+        from wan.models.lora import load_loras
+
+        load_loras(transformer, loras, merge=lora_merge)
+        logger.info(f"LoRA: {len(loras)} file(s) {'merged into the DiT' if lora_merge else 'as hooks'}")
     if compile_transformer:
         transformer.compile_blocks()
     wav2vec = Wav2VecFeatureExtractor(paths.wav2vec_dir)
