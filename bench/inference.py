@@ -34,7 +34,10 @@ CASES = {  # name: (height, width, video frames of audio)
 }
 
 
-def run_case(pipe, name: str, height: int, width: int, frames: int, steps: int, total_steps: int, device: str, **call) -> None:
+def measure(pipe, height: int, width: int, frames: int, steps: int, total_steps: int, device: str, **call) -> dict:
+    """Run ``steps`` denoising steps of a ``total_steps`` schedule, decode and write the mp4; returns the
+    timings: ``per_step`` (median), ``fixed`` (everything but the steps), ``decode_and_write``, and
+    ``steps_run``, ``windows``, ``frames``, ``wrote_mp4``, ``peak_gib``."""
     import soundfile as sf
 
     audio = load_audio(REPO / "examples" / "case-2" / "audio.wav")[: frames * 640 + 320]
@@ -75,22 +78,29 @@ def run_case(pipe, name: str, height: int, width: int, frames: int, steps: int, 
     end = time.perf_counter()
     per_step = statistics.median(b - a for a, b in zip(step_ends, step_ends[1:])) if len(step_ends) > 1 else step_ends[0] - start
     fixed = (end - start) - (step_ends[-1] - step_ends[0]) - per_step  # everything but the denoising steps
-    windows = len(result.windows)
+    return dict(
+        per_step=per_step, fixed=fixed, decode_and_write=end - denoise_end, steps_run=len(step_ends), windows=len(result.windows),
+        frames=frames, wrote_mp4=wrote_mp4, peak_gib=None if peak_gib() is None else round(peak_gib(), 2),
+    )  # fmt: skip
+
+
+def run_case(pipe, name: str, height: int, width: int, frames: int, steps: int, total_steps: int, device: str, **call) -> None:
+    m = measure(pipe, height, width, frames, steps, total_steps, device, **call)
     emit(
         bench="inference",
         case=name + ("+last_window_true_length" if call.get("last_window_true_length") else ""),
         compiled=getattr(pipe.transformer, "_compiled_blocks", False),
         size=f"{height}x{width}",
-        video_frames=frames,
-        wrote_mp4=wrote_mp4,
-        windows=windows,
-        steps_run=len(step_ends),
-        s_per_step=round(per_step, 3),
-        s_per_window_step=round(per_step / windows, 3),
-        s_fixed=round(fixed, 2),
-        s_decode_and_write=round(end - denoise_end, 2),
-        s_total_extrapolated_50_steps=round(fixed + 50 * per_step, 1),
-        peak_gib=None if peak_gib() is None else round(peak_gib(), 2),
+        video_frames=m["frames"],
+        wrote_mp4=m["wrote_mp4"],
+        windows=m["windows"],
+        steps_run=m["steps_run"],
+        s_per_step=round(m["per_step"], 3),
+        s_per_window_step=round(m["per_step"] / m["windows"], 3),
+        s_fixed=round(m["fixed"], 2),
+        s_decode_and_write=round(m["decode_and_write"], 2),
+        s_total_extrapolated_50_steps=round(m["fixed"] + 50 * m["per_step"], 1),
+        peak_gib=m["peak_gib"],
     )
 
 

@@ -13,7 +13,7 @@ from wan.models.transformer import WanAvatarTransformer3DModel
 # Linear layers the test LoRAs touch: self-attention, cross-attention (incl. the image branch), FFN, a
 # layer of the float32 time MLP and the head.
 TARGETS = ("blocks.0.self_attn.q", "blocks.1.cross_attn.k_img", "blocks.1.ffn.0", "time_projection.1", "head.head")
-AUDIO_PARAM = "blocks.0.cross_attn.k_vocal.weight"  # a full tensor our training files carry
+AUDIO_PARAM = "blocks.0.cross_attn.v_vocal.weight"  # a full tensor our training files carry
 
 
 def _model() -> WanAvatarTransformer3DModel:
