@@ -101,6 +101,9 @@ class StableAvatarPipeline(DiffusionPipeline):
     _optional_components: list[str] = []
     teacache = None  # a wan.models.teacache.TeaCache when enabled (enable_teacache)
     parallel = None  # a wan.distributed.WindowParallel when several processes share the work (torchrun)
+    # The original rounds every written window to bf16, in float32 runs too (kept: it shapes the
+    # numbers). None skips it: float32 studies of the solvers, whose errors it would otherwise floor.
+    latent_rounding: torch.dtype | None = torch.bfloat16
 
     def __init__(self, tokenizer, text_encoder, vae, transformer, clip_image_encoder, scheduler, wav2vec):
         super().__init__()
@@ -320,7 +323,7 @@ class StableAvatarPipeline(DiffusionPipeline):
                 prediction = torch.zeros_like(latents_all)
                 for window, velocity in zip(windows, guided):
                     stepped = solver.step(window.index, velocity, t, latents_all[:, :, window.latent_slice])
-                    merge_window(prediction, stepped, window, weights, blend=i != 0)
+                    merge_window(prediction, stepped, window, weights, blend=i != 0 or solver.blend_from_first_step, round_to=self.latent_rounding)
                 latents_all = prediction
                 if callback_on_step_end is not None:
                     callback_on_step_end(self, i, t, latents_all)
