@@ -323,7 +323,7 @@ class StableAvatarPipeline(DiffusionPipeline):
                 prediction = torch.zeros_like(latents_all)
                 for window, velocity in zip(windows, guided):
                     stepped = solver.step(window.index, velocity, t, latents_all[:, :, window.latent_slice])
-                    merge_window(prediction, stepped, window, weights, blend=i != 0 or solver.blend_from_first_step, round_to=self.latent_rounding)
+                    merge_window(prediction, stepped, window, weights, blend=i != 0, round_to=self.latent_rounding)
                 latents_all = prediction
                 if callback_on_step_end is not None:
                     callback_on_step_end(self, i, t, latents_all)
