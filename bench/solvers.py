@@ -64,7 +64,7 @@ def main() -> None:
                        s_per_step=round(m["per_step"], 3), s_fixed=round(m["fixed"], 2), steps_run=m["steps_run"], windows=m["windows"])  # fmt: skip
             continue
         m = measure(pipe, height, width, frames, args.steps, max(STEP_COUNTS), device, sample_solver=solver)
-        for n in STEP_COUNTS:
+        for n in STEP_COUNTS:  # fixed + n * per_step
             record("video5s_e2e_s", round(m["fixed"] + n * m["per_step"], 1), "s", solver=solver, steps=n, extrapolated=True, size=size,
                    tiny=args.tiny, s_per_step=round(m["per_step"], 3), s_fixed=round(m["fixed"], 2), steps_run=m["steps_run"],
                    windows=m["windows"], peak_gib=m["peak_gib"])  # fmt: skip

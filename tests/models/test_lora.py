@@ -134,7 +134,8 @@ def test_a_14b_lora_on_the_1_3b_model_is_refused(tmp_path):
         state[f"diffusion_model.blocks.{i}.self_attn.q.lora_up.weight"] = torch.zeros(5120, rank)
     path = tmp_path / "wan14b.safetensors"
     save_file(state, str(path))
-    with pytest.raises(LoraError, match=r"blocks\.0\.self_attn\.q.*made for the 14B model \(dim 5120\), this is the 1\.3B model \(dim 1536\)"):
+    message = r"blocks\.0\.self_attn\.q.*made for the 14B model \(dim 5120\), this is the 1\.3B model \(dim 1536\)"
+    with pytest.raises(LoraError, match=message):
         load_loras(model, [path])
 
 

@@ -100,7 +100,8 @@ class PipelineCache:
                 raise AppError(f"LoRA file not found: {lora}")
             from wan.models.lora import LoraSpec
 
-            loras, lora_key = [LoraSpec(lora, float(lora_scale))], (str(lora.resolve()), lora.stat().st_size, lora.stat().st_mtime_ns, float(lora_scale))
+            stat = lora.stat()
+            loras, lora_key = [LoraSpec(lora, float(lora_scale))], (str(lora.resolve()), stat.st_size, stat.st_mtime_ns, float(lora_scale))
         key = (memory_mode, lora_key)
         with self._lock:
             if self._pipe is not None and self._key == key:

@@ -227,7 +227,10 @@ def add_solver_and_lora_flags(p: argparse.ArgumentParser) -> None:
         "matching, closer to the 50-step result at 10-20 steps (one solver state per window)",
     )
     g.add_argument(
-        "--sample_shift", type=float, default=None, help="flow shift of the sigma schedule (default: scheduler_kwargs.shift of --config_path, 5.0)"
+        "--sample_shift",
+        type=float,
+        default=None,
+        help="flow shift of the sigma schedule (default: scheduler_kwargs.shift of --config_path, 5.0)",
     )
     g.add_argument(
         "--lora_path",
@@ -238,7 +241,9 @@ def add_solver_and_lora_flags(p: argparse.ArgumentParser) -> None:
         help="LoRA file for the DiT, optionally with a scale (default 1); repeat for several (their deltas add). Reads our "
         "training output and the diffusers/peft, kohya and ComfyUI key styles",
     )
-    g.add_argument("--lora_no_merge", action="store_true", help="keep LoRAs as peft hooks instead of merging them into the weights (slower per step)")
+    g.add_argument(
+        "--lora_no_merge", action="store_true", help="keep LoRAs as peft hooks instead of merging them into the weights (slower per step)"
+    )
 
 
 def validate_solver_and_loras(args: argparse.Namespace) -> None:

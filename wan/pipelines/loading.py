@@ -181,7 +181,7 @@ def load_pipeline(
         from wan.models.lora import load_loras
 
         load_loras(transformer, loras, merge=lora_merge)
-        logger.info(f"LoRA: {len(loras)} file(s) {'merged into the DiT' if lora_merge else 'as hooks'}")
+        logger.info(f"LoRA: {len(loras)} file(s), {'merged into the DiT' if lora_merge else 'as peft hooks'}")
     if compile_transformer:
         transformer.compile_blocks()
     wav2vec = Wav2VecFeatureExtractor(paths.wav2vec_dir)
