@@ -35,6 +35,7 @@ def build_demo(service: AvatarService, language: str = "English"):
 
     from wan.constants import NEGATIVE_PROMPT
     from wan.pipelines.loading import MEMORY_MODES
+    from wan.pipelines.solvers import SOLVERS
 
     def failed(err: Exception) -> str:
         if isinstance(err, AppError):
@@ -43,12 +44,14 @@ def build_demo(service: AvatarService, language: str = "English"):
         return f"❌ Unexpected error: {type(err).__name__}: {err} (details in the server log)"
 
     def generate(memory_mode, teacache_threshold, teacache_skip, clip_length, image, audio, prompt, negative_prompt,
-                 width, height, steps, text_scale, audio_scale, overlap, seed, progress=gr.Progress()):  # fmt: skip
+                 width, height, steps, text_scale, audio_scale, overlap, seed, solver, shift, lora_file, lora_scale,
+                 progress=gr.Progress()):  # fmt: skip
         request = GenerateRequest(
             image=image, audio=audio, prompt=prompt, negative_prompt=negative_prompt, width=width, height=height,
             steps=steps, text_guide_scale=text_scale, audio_guide_scale=audio_scale, clip_length=clip_length,
             overlap=overlap, seed=seed, memory_mode=memory_mode, teacache_threshold=teacache_threshold,
-            teacache_skip_start_steps=teacache_skip,
+            teacache_skip_start_steps=teacache_skip, sample_solver=solver, sample_shift=shift, lora_path=lora_file or None,
+            lora_scale=lora_scale,
         )  # fmt: skip
         try:
             result = service.generate(request, lambda fraction, desc: progress(fraction, desc=desc))
@@ -96,6 +99,11 @@ def build_demo(service: AvatarService, language: str = "English"):
                 c["teacache_threshold"] = gr.Slider(0, 1, value=0, step=0.01, elem_id="teacache_threshold", **lab("teacache_threshold"))
                 c["teacache_skip"] = gr.Slider(0, 100, value=5, step=1, elem_id="teacache_skip", **lab("teacache_skip"))
                 c["clip_length"] = gr.Slider(17, 321, value=81, step=4, elem_id="clip_length", **lab("clip_length"))
+            with gr.Row():
+                c["sample_solver"] = gr.Dropdown(list(SOLVERS), value="euler", elem_id="sample_solver", **lab("sample_solver"))
+                c["sample_shift"] = gr.Number(value=5.0, minimum=0.1, elem_id="sample_shift", **lab("sample_shift"))
+                c["lora_file"] = gr.File(type="filepath", file_types=[".safetensors", ".pt", ".pth", ".bin"], elem_id="lora_file", **lab("lora_file"))
+                c["lora_scale"] = gr.Slider(0, 2, value=1.0, step=0.05, elem_id="lora_scale", **lab("lora_scale"))
         with gr.Tabs():
             with gr.Tab(text("tab_generate", language)) as c["tab_generate"]:
                 with gr.Row():
@@ -151,7 +159,8 @@ def build_demo(service: AvatarService, language: str = "English"):
         c["language"].change(relabel, c["language"], list(c.values()), queue=False)
 
         inputs = [c[k] for k in ("memory_mode", "teacache_threshold", "teacache_skip", "clip_length", "image", "audio", "prompt",
-                                 "negative_prompt", "width", "height", "steps", "text_guide_scale", "audio_guide_scale", "overlap", "seed")]  # fmt: skip
+                                 "negative_prompt", "width", "height", "steps", "text_guide_scale", "audio_guide_scale", "overlap", "seed",
+                                 "sample_solver", "sample_shift", "lora_file", "lora_scale")]  # fmt: skip
         outputs = [c["video_output"], c["download"], c["seed_output"], c["status"]]
         for trigger in (c["generate"].click, c["prompt"].submit, c["negative_prompt"].submit):
             trigger(generate, inputs, outputs, concurrency_limit=1, concurrency_id="generate")

@@ -217,3 +217,34 @@ def test_second_generation_waits_for_the_first(monkeypatch):
     assert statuses == ["❌ ran first", "❌ ran second"]
     assert (service.calls, service.most) == (2, 1), "generations never overlap"
     assert elapsed >= 2.0
+
+
+def test_lora_file_is_read_once_and_the_solver_passed_through(tiny, speech_2s, tmp_path, monkeypatch):
+    """A LoRA file in the request is merged at load; the same file and scale reuse the pipeline (the
+    file is read once); a new scale loads again; the chosen solver reaches the pipeline."""
+    import torch
+    from safetensors.torch import save_file
+
+    import wan.models.lora as lora_module
+    import wan.pipelines.pipeline_stableavatar as pipeline_module
+
+    service = make_service(tiny, tmp_path)
+    base = service.pipelines.get("model_full_load").transformer.blocks[0].self_attn.q
+    lora = tmp_path / "style.safetensors"
+    save_file({"diffusion_model.blocks.0.self_attn.q.lora_down.weight": torch.randn(2, base.in_features),
+               "diffusion_model.blocks.0.self_attn.q.lora_up.weight": torch.randn(base.out_features, 2)}, str(lora))  # fmt: skip
+    reads, solvers = [], []
+    read, build = lora_module.read_lora, pipeline_module.build_solver
+    monkeypatch.setattr(lora_module, "read_lora", lambda path, model: reads.append(path) or read(path, model))
+    monkeypatch.setattr(pipeline_module, "build_solver", lambda name, *a: solvers.append(name) or build(name, *a))
+
+    service.generate(small(image=IMAGE, audio=speech_2s, lora_path=str(lora), sample_solver="unipc", sample_shift=3.0))
+    merged = service.pipelines.get("model_full_load", str(lora), 1.0)
+    assert (service.pipelines.loads, len(reads), solvers) == (2, 1, ["unipc"])
+    assert not torch.equal(merged.transformer.blocks[0].self_attn.q.weight, base.weight), "the LoRA is merged"
+    service.pipelines.get("model_full_load", str(lora), 0.5)
+    assert (service.pipelines.loads, len(reads)) == (3, 2)
+    with pytest.raises(AppError, match="LoRA file not found"):
+        service.generate(small(image=IMAGE, audio=speech_2s, lora_path=str(tmp_path / "nope.safetensors")))
+    with pytest.raises(AppError, match="solver 'heun'"):
+        service.generate(small(image=IMAGE, audio=speech_2s, sample_solver="heun"))

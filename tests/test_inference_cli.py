@@ -55,6 +55,7 @@ ORIGINAL_FLAGS = {
     "overlapping_weight_scheme": (str, "uniform"),
 }
 EXTRA_FLAGS = {"save_intermediate", "attention_backend", "device", "save_every", "resume", "compile", "sdpa_kernel", "last_window_true_length", "vae_dtype", "compile_cache_dir", "fast", "batch_file", "gpus_per_job"}
+EXTRA_FLAGS |= {"sample_solver", "lora_path", "lora_no_merge"}  # issue 15 (sample_shift is an original flag, now live)
 REQUIRED = ["--pretrained_model_name_or_path=m"]
 
 
@@ -109,9 +110,9 @@ def test_defaults():
 
 def test_dead_flags_warn_even_at_their_default(caplog):
     with caplog.at_level(logging.WARNING, logger="wan.inference"):
-        cli.parse_args([*REQUIRED, "--motion_frame=25", "--sample_shift", "3", "--t5_fsdp", "--revision=x", "--offload_model"])
+        cli.parse_args([*REQUIRED, "--motion_frame=25", "--t5_fsdp", "--revision=x", "--offload_model"])
     warned = {r.getMessage().split()[0] for r in caplog.records}
-    assert warned == {"--motion_frame", "--sample_shift", "--t5_fsdp", "--revision", "--offload_model"}
+    assert warned == {"--motion_frame", "--t5_fsdp", "--revision", "--offload_model"}
     assert all("ignored" in r.getMessage() for r in caplog.records)
 
 
@@ -238,6 +239,8 @@ def test_default_config_path_is_filled(valid_argv):
         (["--transformer_path=/nope/sa.pt"], "StableAvatar weights not found: /nope/sa.pt"),
         (["--config_path=/nope/c.yaml"], "/nope/c.yaml"),
         (["--output_dir="], "--output_dir is required"),
+        (["--sample_shift=0"], "--sample_shift=0.0 must be > 0"),
+        (["--lora_path=/nope/style.safetensors:0.5"], "LoRA file not found: /nope/style.safetensors"),
     ],
 )
 def test_validation_errors(valid_argv, extra, match):
@@ -340,6 +343,26 @@ def test_main_runs_pipeline_and_writes_video_with_audio(valid_argv, tmp_path, mo
         frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
     assert len(frames) == 25 and frames[0].shape == (32, 64, 3)
     assert frames[0].mean() < 5 and frames[-1].mean() > 250  # the fake's ramp from black to white
+
+
+def test_solver_and_lora_flags_reach_the_pipeline(valid_argv, tmp_path, monkeypatch, no_checkpoint_check):
+    made = {}
+
+    def load_pipeline(path, **kwargs):
+        made["pipe"] = FakePipeline(path=path, **kwargs)
+        return made["pipe"]
+
+    monkeypatch.setitem(sys.modules, "wan.pipelines", types.SimpleNamespace(load_pipeline=load_pipeline))
+    for name in ("a.safetensors", "b.safetensors"):
+        (tmp_path / name).write_bytes(b"")
+    loras = [f"--lora_path={tmp_path / 'a.safetensors'}:0.5", f"--lora_path={tmp_path / 'b.safetensors'}"]
+    assert cli.main([*valid_argv, "--width=64", "--height=32", "--sample_solver=unipc", "--sample_shift=3", *loras, "--lora_no_merge"]) == 0
+    pipe = made["pipe"]
+    assert pipe.loader_kwargs["loras"] == [f"{tmp_path / 'a.safetensors'}:0.5", str(tmp_path / "b.safetensors")]
+    assert pipe.loader_kwargs["lora_merge"] is False
+    assert (pipe.call_kwargs["sample_solver"], pipe.call_kwargs["sample_shift"]) == ("unipc", 3.0)
+    defaults = cli.parse_args(valid_argv)
+    assert (defaults.sample_solver, defaults.sample_shift, defaults.lora_path, defaults.lora_no_merge) == ("euler", None, [], False)
 
 
 def test_uint8_chunks_truncates_like_the_original():

@@ -12,6 +12,10 @@ LABELS: dict[str, tuple[str, str]] = {
     "teacache_threshold": ("TeaCache Threshold", "teacache threshold"),
     "teacache_skip": ("Skip Start Steps", "跳过开始步数"),
     "clip_length": ("Clip Sample Frames", "Clip采样帧数"),
+    "sample_solver": ("Sampler", "采样器"),
+    "sample_shift": ("Sample Shift", "sample shift"),
+    "lora_file": ("LoRA File (optional)", "LoRA文件（可选）"),
+    "lora_scale": ("LoRA Scale", "LoRA强度"),
     "tab_generate": ("StableAvatar", "StableAvatar"),
     "tab_extract": ("Audio Extraction", "音频提取"),
     "tab_separate": ("Vocal Separation", "人声分离"),
@@ -53,6 +57,15 @@ INFOS: dict[str, tuple[str, str]] = {
     "teacache_threshold": ("0.1 recommended; 0 turns TeaCache off", "推荐0.1，0为禁用teacache加速"),
     "teacache_skip": ("5 recommended", "推荐5"),
     "clip_length": ("Frames per window, 4n+1: 81 = 3.2 s at 25 fps", "每个窗口的帧数，必须为4n+1，81=3.2秒@25fps"),
+    "sample_solver": (
+        "euler: the original's sampler; unipc / dpm++: closer to the 50-step result at 10-20 steps",
+        "euler为原版采样器；unipc / dpm++ 在10-20步时更接近50步的结果",
+    ),
+    "sample_shift": ("5.0 = the model's default", "5.0为模型默认值"),
+    "lora_scale": (
+        "LoRA files from our training, diffusers/peft, kohya or ComfyUI are merged into the model; a new file or scale reloads it",
+        "支持本项目训练、diffusers/peft、kohya、ComfyUI格式的LoRA，合并进模型；更换文件或强度会重新加载模型",
+    ),
 }
 
 

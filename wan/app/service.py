@@ -57,6 +57,10 @@ class GenerateRequest:
     memory_mode: str = "model_full_load"
     teacache_threshold: float = 0.0
     teacache_skip_start_steps: int = 5
+    sample_solver: str = "euler"  # or unipc / dpm++ (wan.pipelines.solvers)
+    sample_shift: float | None = None  # None: the yaml's 5.0
+    lora_path: str | None = None  # a LoRA file for the DiT (wan.models.lora), merged at load
+    lora_scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -71,8 +75,10 @@ def _no_progress(fraction: float, desc: str) -> None:
 
 
 class PipelineCache:
-    """One StableAvatarPipeline, loaded on first use and reused while the memory mode stays the same
-    (a different mode drops it and loads again). Load errors become AppError with their text."""
+    """One StableAvatarPipeline, loaded on first use and reused while the memory mode and the LoRA
+    (file contents by path, size and mtime, and scale) stay the same; a change drops it and loads
+    again, with the LoRA merged into the DiT, so each LoRA file is read once per load. Load errors
+    become AppError with their text."""
 
     def __init__(
         self, checkpoints: CheckpointConfig, device: str | None = None, attention_backend: str | None = None, compile_transformer: bool | None = None
@@ -83,16 +89,26 @@ class PipelineCache:
         self.compile_transformer = compile_transformer  # None: inference.py's default (compiled on one CUDA GPU)
         self._lock = threading.Lock()
         self._pipe = None
-        self._mode: str | None = None
+        self._key: tuple | None = None
         self.loads = 0  # how many times a pipeline was built (the tests read it)
 
-    def get(self, memory_mode: str):
+    def get(self, memory_mode: str, lora_path: str | os.PathLike | None = None, lora_scale: float = 1.0):
         from wan.pipelines.loading import MEMORY_MODES
 
         if memory_mode not in MEMORY_MODES:
             raise AppError(f"memory mode {memory_mode!r} is not one of {', '.join(MEMORY_MODES)}")
+        loras, lora_key = (), None
+        if lora_path:
+            lora = Path(lora_path)
+            if not lora.is_file():
+                raise AppError(f"LoRA file not found: {lora}")
+            from wan.models.lora import LoraSpec
+
+            stat = lora.stat()
+            loras, lora_key = [LoraSpec(lora, float(lora_scale))], (str(lora.resolve()), stat.st_size, stat.st_mtime_ns, float(lora_scale))
+        key = (memory_mode, lora_key)
         with self._lock:
-            if self._pipe is not None and self._mode == memory_mode:
+            if self._pipe is not None and self._key == key:
                 return self._pipe
             self._release()
             from wan.models.loading import CheckpointError
@@ -109,18 +125,19 @@ class PipelineCache:
                     attention_backend=self.attention_backend,
                     device=self.device,
                     compile_transformer=self.compile_transformer,
+                    loras=loras,
                 )
             except (FileNotFoundError, CheckpointError, ValueError, RuntimeError) as err:
                 logger.error("loading the pipeline failed: %s", err)
                 raise AppError(f"The models could not be loaded:\n{err}\n(see checkpoints/README.md; model paths: app.py --help)") from None
-            self._pipe, self._mode = pipe, memory_mode
+            self._pipe, self._key = pipe, key
             self.loads += 1
             return pipe
 
     def _release(self) -> None:
         if self._pipe is None:
             return
-        self._pipe, self._mode = None, None
+        self._pipe, self._key = None, None
         gc.collect()
         import torch
 
@@ -185,6 +202,12 @@ class AvatarService:
             validate_overlap(overlap, frames_per_window(clip))
         except ValueError as err:
             raise AppError(str(err)) from None
+        from wan.pipelines.solvers import SOLVERS
+
+        if req.sample_solver not in SOLVERS:
+            raise AppError(f"solver {req.sample_solver!r} is not one of {', '.join(SOLVERS)}")
+        if req.sample_shift is not None and float(req.sample_shift) <= 0:
+            raise AppError(f"the sample shift must be > 0, got {req.sample_shift}")
         seed = resolve_seed(req.seed)
 
         out, tmp = self._folders()
@@ -209,7 +232,7 @@ class AvatarService:
         windows = len(schedule_for_audio(len(samples), clip, overlap))
 
         progress(0.0, "loading the models (first run only)")
-        pipe = self.pipelines.get(req.memory_mode)
+        pipe = self.pipelines.get(req.memory_mode, req.lora_path, req.lora_scale)
         self._set_teacache(pipe, req.teacache_threshold, req.teacache_skip_start_steps)
 
         import torch
@@ -237,6 +260,8 @@ class AvatarService:
                     fps=DEFAULT_FPS,
                     generator=generator,
                     output_type="stream",
+                    sample_solver=req.sample_solver,
+                    sample_shift=req.sample_shift,
                 )
             progress(0.92, "decoding and writing the video")
             written = write_video(

@@ -53,7 +53,6 @@ DEAD_FLAGS: dict[str, str] = {
     "t5_fsdp": "the original never sharded T5",
     "t5_cpu": "the original never moved T5 to the CPU; use --GPU_memory_mode",
     "motion_frame": "the long-video pipeline never read it",
-    "sample_shift": "the shift comes from scheduler_kwargs.shift in --config_path (5.0)",
 }
 
 
@@ -142,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=BLEND_SCHEMES,
         help="blend of the shared frames: linear ramp (uniform) or log ramp (log)",
     )
+
+    add_solver_and_lora_flags(p)
 
     g = p.add_argument_group("speed and memory")
     g.add_argument(
@@ -253,8 +254,52 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--t5_fsdp", action="store_true", help=DEAD_FLAGS["t5_fsdp"])
     g.add_argument("--t5_cpu", action="store_true", help=DEAD_FLAGS["t5_cpu"])
     g.add_argument("--motion_frame", type=int, default=25, help=DEAD_FLAGS["motion_frame"])
-    g.add_argument("--sample_shift", type=float, default=None, help=DEAD_FLAGS["sample_shift"])
     return p
+
+
+def add_solver_and_lora_flags(p: argparse.ArgumentParser) -> None:
+    """--sample_solver, --sample_shift, --lora_path, --lora_no_merge (wan.pipelines.solvers, wan.models.lora)."""
+    from wan.pipelines.solvers import SOLVERS
+
+    g = p.add_argument_group("solver and LoRA (docs/inference.md)")
+    g.add_argument(
+        "--sample_solver",
+        type=str,
+        default="euler",
+        choices=SOLVERS,
+        help="euler: the original's Euler step (its exact numbers); unipc / dpm++: diffusers' multistep solvers for flow "
+        "matching, closer to the 50-step result at 10-20 steps (one solver state per window)",
+    )
+    g.add_argument(
+        "--sample_shift",
+        type=float,
+        default=None,
+        help="flow shift of the sigma schedule (default: scheduler_kwargs.shift of --config_path, 5.0)",
+    )
+    g.add_argument(
+        "--lora_path",
+        type=str,
+        action="append",
+        default=[],
+        metavar="PATH[:SCALE]",
+        help="LoRA file for the DiT, optionally with a scale (default 1); repeat for several (their deltas add). Reads our "
+        "training output and the diffusers/peft, kohya and ComfyUI key styles",
+    )
+    g.add_argument(
+        "--lora_no_merge", action="store_true", help="keep LoRAs as peft hooks instead of merging them into the weights (slower per step)"
+    )
+
+
+def validate_solver_and_loras(args: argparse.Namespace) -> None:
+    """Raise ``InferenceArgumentError`` for a non-positive shift or a LoRA file that is not there."""
+    from wan.models.lora import LoraSpec
+
+    if args.sample_shift is not None and args.sample_shift <= 0:
+        raise InferenceArgumentError(f"--sample_shift={args.sample_shift} must be > 0 (Wan2.1 uses 3.0 at 480p, 5.0 at 720p)")
+    for text in args.lora_path:
+        spec = LoraSpec.parse(text)
+        if not spec.path.is_file():
+            raise InferenceArgumentError(f"--lora_path: LoRA file not found: {spec.path} (write PATH or PATH:SCALE)")
 
 
 def given_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set[str]:
@@ -357,6 +402,7 @@ def validate(args: argparse.Namespace, check_checkpoints: bool = True) -> None:
         raise InferenceArgumentError(str(err)) from None
     if args.sample_steps < 1:
         raise InferenceArgumentError(f"--sample_steps={args.sample_steps} must be >= 1")
+    validate_solver_and_loras(args)
     if args.save_every < 0:
         raise InferenceArgumentError(f"--save_every={args.save_every} must be >= 0 (0 turns saving off)")
     if args.teacache_threshold < 0 or args.num_skip_start_steps < 0:
@@ -480,6 +526,7 @@ def _uint8_chunks(result: object, chunk_frames: int = 16) -> Iterator:
 def resume_fields(args: argparse.Namespace) -> dict[str, object]:
     """What determines a run's numbers (the resume fingerprint): input contents, sampling flags,
     TeaCache flags, weight files. Not the memory mode, the device or the output options."""
+    from wan.models.lora import LoraSpec
     from wan.runtime.resume import file_digest, file_identity
 
     numbers = (
@@ -492,6 +539,9 @@ def resume_fields(args: argparse.Namespace) -> dict[str, object]:
         fields["fast"] = True  # FP8: other numbers (absent when off, so older states still resume)
     if args.enable_teacache:
         fields.update(teacache_threshold=args.teacache_threshold, num_skip_start_steps=args.num_skip_start_steps)
+    if args.sample_solver != "euler" or args.sample_shift is not None or args.lora_path:  # absent by default: older states stay valid
+        fields.update(sample_solver=args.sample_solver, sample_shift=args.sample_shift, lora_no_merge=args.lora_no_merge)
+        fields["lora_path"] = [[text, file_identity(LoraSpec.parse(text).path)] for text in args.lora_path]
     fields["reference_image_sha256"] = file_digest(args.validation_reference_path)
     fields["driving_audio_sha256"] = file_digest(args.validation_driven_audio_path)
     for flag in ("pretrained_model_name_or_path", "transformer_path", "pretrained_wav2vec_path", "config_path"):
@@ -561,6 +611,8 @@ def load(args: argparse.Namespace, ranks_per_job: int | None = None):
         teacache_skip_start_steps=args.num_skip_start_steps,
         teacache_offload=args.teacache_offload,
         ranks_per_job=ranks_per_job,
+        loras=args.lora_path,
+        lora_merge=not args.lora_no_merge,
     )
 
 
@@ -597,6 +649,8 @@ def generate(pipe, args: argparse.Namespace, video_path: Path, resume: ResumePoi
             latents=resume.latents,
             start_step=resume.start_step,
             callback_on_step_end=resume.saver,
+            sample_solver=args.sample_solver,
+            sample_shift=args.sample_shift,
         )
         if not writer:
             return None

@@ -17,13 +17,17 @@ from __future__ import annotations
 
 import inspect
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from diffusers.utils import logging
 
 from wan.pipelines.checkpoints import CheckpointPaths
+
+if TYPE_CHECKING:
+    from wan.models.lora import LoraSpec
 
 logger = logging.get_logger(__name__)
 
@@ -210,6 +214,8 @@ def load_pipeline(
     fast: bool = False,
     compile_cache_dir: str | os.PathLike | None = None,
     ranks_per_job: int | None = None,
+    loras: Sequence[str | LoraSpec] = (),
+    lora_merge: bool = True,
 ):
     """Build the StableAvatarPipeline from the original checkpoint layout.
 
@@ -227,6 +233,8 @@ def load_pipeline(
         memory and time, with bf16 rounding in the decoded frames).
     ranks_per_job: under torchrun, the processes that make one video together (None: all of them;
         ``--batch_file`` gives each group of ``ranks_per_job`` its own videos).
+    loras: LoRA files for the DiT, ``"PATH[:SCALE]"`` or ``LoraSpec`` (``--lora_path``; wan.models.lora),
+        merged into the weights, or kept as peft hooks with ``lora_merge=False`` (``--lora_no_merge``).
     """
     from wan.audio import Wav2VecFeatureExtractor
     from wan.models.attention import set_attention_backend
@@ -271,6 +279,11 @@ def load_pipeline(
     clip = load_clip_image_encoder(paths.clip, dtype=torch.float32, **kw["clip"])
     logger.info(f"loading the DiT from {paths.base_dir}" + (f" + {paths.transformer_path}" if paths.transformer_path else ""))
     transformer = load_transformer(paths.base_dir, paths.transformer_path, dtype=dtype)
+    if loras:  # before the memory mode, --fast's quantisation and compilation: merged into bf16 weights
+        from wan.models.lora import load_loras
+
+        load_loras(transformer, loras, merge=lora_merge)
+        logger.info(f"LoRA: {len(loras)} file(s), {'merged into the DiT' if lora_merge else 'as peft hooks'}")
     logger.info(f"loading wav2vec2 from {paths.wav2vec_dir}")
     wav2vec = Wav2VecFeatureExtractor(paths.wav2vec_dir)
     scheduler = build_scheduler(cfg.get("scheduler_kwargs"))

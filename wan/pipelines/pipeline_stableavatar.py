@@ -11,7 +11,8 @@ The original's long-video sampler (``WanI2VTalkingInferenceLongPipeline``), step
 4. For every denoising step, the windows left to right (``sliding_window.window_schedule``): the
    window's latents and the wav2vec features of its audio go through the DiT as 3 rows (no audio /
    negative text, audio / negative text, audio / positive text), the rows are combined with the
-   text and audio guidance scales, the window takes one Euler step, its first ``overlap`` frames
+   text and audio guidance scales, the window takes one solver step (the original's Euler step by
+   default; ``wan.pipelines.solvers``), its first ``overlap`` frames
    are blended with what the previous window wrote (from step 1 on), and it is rounded to bf16
    and written (the original's hard-coded rounding, kept: it shapes the numbers).
 5. The VAE decodes the latents; ``output_type="stream"`` yields the frames chunk by chunk so a
@@ -36,7 +37,7 @@ from diffusers.utils import BaseOutput, logging
 from wan.audio import load_audio
 from wan.constants import AUDIO_SAMPLES_PER_FRAME, DEFAULT_FPS, LATENT_CHANNELS, NEGATIVE_PROMPT, VAE_STRIDE, WAV2VEC_SAMPLE_RATE
 from wan.models.t5 import encode_prompts
-from wan.pipelines.scheduling import set_timesteps, step_window
+from wan.pipelines.scheduling import set_timesteps
 from wan.pipelines.sliding_window import (
     BLEND_SCHEMES,
     Window,
@@ -49,6 +50,7 @@ from wan.pipelines.sliding_window import (
     window_schedule,
     window_seq_len,
 )
+from wan.pipelines.solvers import WindowSolver, build_solver
 from wan.utils.video_io import image_to_tensor, load_reference_image
 
 logger = logging.get_logger(__name__)
@@ -99,6 +101,9 @@ class StableAvatarPipeline(DiffusionPipeline):
     _optional_components: list[str] = []
     teacache = None  # a wan.models.teacache.TeaCache when enabled (enable_teacache)
     parallel = None  # a wan.distributed.WindowParallel when several processes share the work (torchrun)
+    # The original rounds every written window to bf16, in float32 runs too (kept: it shapes the
+    # numbers). None skips it: float32 studies of the solvers, whose errors it would otherwise floor.
+    latent_rounding: torch.dtype | None = torch.bfloat16
 
     def __init__(self, tokenizer, text_encoder, vae, transformer, clip_image_encoder, scheduler, wav2vec):
         super().__init__()
@@ -244,6 +249,8 @@ class StableAvatarPipeline(DiffusionPipeline):
         end_step: int | None = None,
         last_window_true_length: bool = False,
         prompt_embeds: list[torch.Tensor] | None = None,
+        sample_solver: str = "euler",
+        sample_shift: float | None = None,
     ) -> StableAvatarPipelineOutput:
         """
         image: reference image path or PIL image (resized to width x height, no crop).
@@ -262,10 +269,14 @@ class StableAvatarPipeline(DiffusionPipeline):
             debugging; the result is then a partially denoised video).
         prompt_embeds: precomputed ``[negative, positive]`` umT5 embeddings ([L_i, 4096] each,
             trimmed), instead of ``prompt``/``negative_prompt``.
+        sample_solver: "euler" (the original's step), "unipc" or "dpm++" (diffusers' multistep
+            solvers for flow matching, one state per window; see ``wan.pipelines.solvers``).
+        sample_shift: the flow shift of the schedule; None: the scheduler's (the yaml's 5.0).
         """
         self.check_inputs(height, width, clip_length, overlap_window_length, overlapping_weight_scheme)
         if output_type not in ("pt", "np", "stream", "latent"):
             raise ValueError(f"output_type must be 'pt', 'np', 'stream' or 'latent', got {output_type!r}")
+        scheduler = build_solver(sample_solver, self.scheduler, sample_shift)
         samples = load_audio(audio) if not isinstance(audio, np.ndarray) else np.asarray(audio, dtype=np.float32)
         samples_per_frame = int(WAV2VEC_SAMPLE_RATE / fps) if fps else AUDIO_SAMPLES_PER_FRAME
         if fps != DEFAULT_FPS:
@@ -285,7 +296,8 @@ class StableAvatarPipeline(DiffusionPipeline):
         logger.info(f"encoding the reference image (CLIP, then the VAE over a {clip_length}-frame clip)")
         clip_context, y = self.encode_reference(image, height, width, clip_length, device, weight_dtype)
         latents_all = self.prepare_latents(latent_frames, height, width, weight_dtype, device, generator, latents)
-        timesteps = set_timesteps(self.scheduler, num_inference_steps, device=device)
+        timesteps = set_timesteps(scheduler, num_inference_steps, device=device)
+        solver = WindowSolver(scheduler, len(windows), start_step)
         if self.teacache is not None:
             self.teacache.begin(timesteps)
         seq_len = window_seq_len(clip_length, height, width)
@@ -308,11 +320,12 @@ class StableAvatarPipeline(DiffusionPipeline):
                 # (a) The DiT calls: each window reads only the previous step's latents, so they are
                 #     independent (the seam for window-parallel multi-GPU runs).
                 guided = self.predict_windows(latents_all, t, windows, cond, progress=bar.update)
-                # (b) Left to right: Euler step, blend with what the previous window wrote, bf16 round.
+                # (b) Left to right: solver step (each window its own state), blend with what the
+                #     previous window wrote, bf16 round.
                 prediction = torch.zeros_like(latents_all)
                 for window, velocity in zip(windows, guided):
-                    stepped = step_window(self.scheduler, velocity, t, latents_all[:, :, window.latent_slice])
-                    merge_window(prediction, stepped, window, weights, blend=i != 0)
+                    stepped = solver.step(window.index, velocity, t, latents_all[:, :, window.latent_slice])
+                    merge_window(prediction, stepped, window, weights, blend=i != 0, round_to=self.latent_rounding)
                 latents_all = prediction
                 if callback_on_step_end is not None:
                     callback_on_step_end(self, i, t, latents_all)
