@@ -47,6 +47,15 @@ def test_unreadable_and_missing_files(tmp_path):
     assert not (tmp_path / "x.wav").exists()
 
 
+def test_a_text_file_is_not_a_media_file(tmp_path):
+    """ffmpeg opens a long enough .txt as "tty" text art (a video stream): say what it is, not "no audio stream"."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("These are my notes about the video.\n" * 50)
+    with pytest.raises(ValueError, match=r"notes\.txt is not a media file \(ffmpeg reads it as text\)"):
+        extract_audio(notes, tmp_path / "x.wav")
+    assert not (tmp_path / "x.wav").exists()
+
+
 def test_cli_with_original_flags(talking_video, silent_video, tmp_path):
     out = tmp_path / "cli.wav"
     cmd = [sys.executable, str(REPO / "audio_extractor.py"), f"--video_path={talking_video}", f"--saved_audio_path={out}"]

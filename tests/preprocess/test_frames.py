@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 
@@ -10,6 +12,7 @@ import pytest
 from PIL import Image
 
 from wan.data.dataset import TalkingVideoDataset, sorted_frames
+from wan.preprocess.common import run_ffmpeg
 from wan.preprocess.frames import extract_frames, prepare_videos, write_path_lists
 from wan.preprocess.lip_masks import extract_masks
 
@@ -77,6 +80,39 @@ def test_cli_from_videos_dir(talking_video, silent_video, tmp_path):
     (videos / "b.mp4").symlink_to(silent_video)
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 1 and "b.mp4 has no audio stream" in proc.stderr
+
+
+def test_videos_dir_goes_on_past_a_broken_video_and_reports_it(talking_video, tmp_path, capsys):
+    """The first of three videos is broken: the other two become clips 00001 and 00002, the broken one is named
+    on stderr and in failed_frames.jsonl, and the exit status is 1. --strict stops at it (nothing done)."""
+    from wan.preprocess.frames import FAILURES_FILE, main
+
+    videos = tmp_path / "raw"
+    videos.mkdir()
+    (videos / "a_broken.mp4").write_text("These are my notes about the video.\n" * 50)
+    small = ["-i", str(talking_video), "-vf", "scale=64:64", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "copy"]
+    run_ffmpeg([*small, str(videos / "b.mp4")], "making a small test video")
+    shutil.copyfile(videos / "b.mp4", videos / "c.mp4")
+    argv = [f"--videos_dir={videos}", "--bucket=rec", "--category=speech"]
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, f"--data_root={tmp_path / 'data'}"])
+    out, err = capsys.readouterr()
+    category = tmp_path / "data" / "rec" / "speech"
+    assert exit_.value.code == 1 and "2 of 3 video(s) prepared" in out
+    assert "1 file(s) failed" in err and "a_broken.mp4 (frames): " in err and "is not a media file" in err
+    assert [(category / c / "source.txt").read_text().strip() for c in ("00001", "00002")] == [str(videos / "b.mp4"), str(videos / "c.mp4")]
+    assert len(sorted_frames(category / "00002" / "images")) == VIDEO_FRAMES
+    (failure,) = [json.loads(line) for line in (category / FAILURES_FILE).read_text().splitlines()]
+    assert failure["file"] == str(videos / "a_broken.mp4") and "is not a media file" in failure["reason"]
+
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, f"--data_root={tmp_path / 'strict'}", "--strict"])
+    assert exit_.value.code == 1 and "a_broken.mp4 is not a media file" in capsys.readouterr().err
+    assert list((tmp_path / "strict" / "rec" / "speech").iterdir()) == []
+
+    (videos / "a_broken.mp4").unlink()  # fixed: a rerun succeeds and removes the stale report
+    main([*argv, f"--data_root={tmp_path / 'data'}"])
+    assert not (category / FAILURES_FILE).exists()
 
 
 def test_clips_are_brought_to_the_training_frame_rate(talking_video, tmp_path):

@@ -5,6 +5,7 @@ The first run builds .venv-mp with scripts/setup_mediapipe_env.sh (about 30 s, o
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
@@ -122,6 +123,28 @@ def test_unreadable_frame_names_the_file(landmarker, tmp_path):
     with pytest.raises(ValueError, match="frame_0.png"):
         extract_masks([clip], ("lip",), landmarker=landmarker, progress=False)
     assert list((clip / "lip_masks").iterdir()) == []
+
+
+def test_a_corrupt_frame_is_skipped_and_reported_the_rest_is_masked(mediapipe_env, tmp_path, capsys):
+    """lip_mask_extractor.py on a clip whose frame_1 is corrupt: frames 0 and 2 get masks, frame_1 is named on
+    stderr and in failed_masks.jsonl, exit status 1; --strict stops at frame_1 (frame_2 not written)."""
+    clip = _clip_of_photos(tmp_path / "lenient", 3)
+    (clip / "images" / "frame_1.png").write_bytes(b"not a png")
+    with pytest.raises(SystemExit) as exit_:
+        lip_masks.lip_main([f"--folder_root={clip.parent}", "--quiet"])
+    out, err = capsys.readouterr()
+    assert exit_.value.code == 1 and "1 clip(s): 2 frame(s) written" in out
+    assert "1 file(s) failed" in err and "frame_1.png (masks): " in err
+    assert sorted(p.name for p in (clip / "lip_masks").iterdir()) == ["frame_0.png", "frame_2.png"]
+    (failure,) = [json.loads(line) for line in (clip.parent / lip_masks.FAILURES_FILE).read_text().splitlines()]
+    assert failure["file"] == str(clip / "images" / "frame_1.png") and failure["step"] == "masks"
+
+    strict = _clip_of_photos(tmp_path / "strict", 3)
+    (strict / "images" / "frame_1.png").write_bytes(b"not a png")
+    with pytest.raises(SystemExit) as exit_:
+        lip_masks.lip_main([f"--folder_root={strict.parent}", "--quiet", "--strict"])
+    assert exit_.value.code == 1 and "frame_1.png" in capsys.readouterr().err
+    assert sorted(p.name for p in (strict / "lip_masks").iterdir()) == ["frame_0.png"]
 
 
 def _clip_of_photos(root: Path, k: int) -> Path:

@@ -7,6 +7,10 @@ Every video of a folder, numbered 00001, 00002, ... under a bucket/category, mas
 Only the lists (after adding clips by hand):
     python -m wan.preprocess.frames --data_root talking_face_data --lists_only
 
+A folder of videos goes on past a broken one: each video (and, with --masks, each frame) that fails is skipped,
+listed with its reason on stderr and in ``<data_root>/<bucket>/<category>/failed_frames.jsonl``, and the exit status
+is 1 at the end; ``--strict`` stops at the first failure instead.
+
 A clip folder gets ``sub_clip.mp4`` (the video at the training frame rate: the dataset reads its fps),
 ``audio.wav`` (16 kHz mono, audio_extractor) and ``images/frame_<i>.png`` from ``frame_0`` on (the README's
 ``ffmpeg -i video -q:v 1 -start_number 0 images/frame_%d.png``). Frames are taken at ``--fps`` (25 by default, the
@@ -30,12 +34,13 @@ from tqdm import tqdm
 from wan.constants import DEFAULT_FPS
 
 from .audio_extract import extract_audio
-from .common import atomic_output, probe_streams, run_ffmpeg
+from .common import Failures, atomic_output, probe_streams, run_ffmpeg
 
 BUCKETS = ("square", "rec", "vec")
 CATEGORIES = ("speech", "singing", "dancing")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
 SOURCE_FILE = "source.txt"  # which raw video a clip folder was made from (keeps numbering stable on re-runs)
+FAILURES_FILE = "failed_frames.jsonl"  # in the category folder: the videos/frames a --videos_dir run skipped
 
 
 def video_fps(video: str | os.PathLike) -> float:
@@ -105,9 +110,17 @@ def prepare_clip(video: str | os.PathLike, clip_dir: str | os.PathLike, fps: flo
 
 
 def prepare_videos(
-    videos: Sequence[str | os.PathLike], category_dir: str | os.PathLike, progress: bool = True, fps: float | None = DEFAULT_FPS
+    videos: Sequence[str | os.PathLike],
+    category_dir: str | os.PathLike,
+    progress: bool = True,
+    fps: float | None = DEFAULT_FPS,
+    failures: Failures | None = None,
 ) -> list[Path]:
-    """One clip folder per video under ``category_dir``; a video already prepared keeps its number, new ones get the next free numbers."""
+    """One clip folder per video under ``category_dir``; a video already prepared keeps its number, new ones get the next free numbers.
+
+    Returns the clips made. A video that fails is recorded in ``failures`` and skipped (None: its error is raised).
+    """
+    failures = Failures(strict=True) if failures is None else failures
     category_dir = Path(category_dir)
     category_dir.mkdir(parents=True, exist_ok=True)
     known: dict[str, Path] = {}
@@ -118,10 +131,13 @@ def prepare_videos(
     clips = []
     for video in tqdm([Path(v) for v in videos], desc="videos -> clip folders", unit="video", disable=not progress):
         clip = known.get(str(video.resolve()))
-        if clip is None:
+        new = clip is None
+        if new:
             clip = category_dir / f"{next_idx:05d}"
+        with failures.guard(video, "frames"):
+            clips.append(prepare_clip(video, clip, fps))
+        if new and clip.exists():  # a video rejected before its folder was made leaves no gap in the numbers
             next_idx += 1
-        clips.append(prepare_clip(video, clip, fps))
     return clips
 
 
@@ -166,9 +182,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--masks", action="store_true", help="also write face_masks/ and lip_masks/ (MediaPipe, one pass)")
     parser.add_argument("--lists_only", action="store_true", help="only rewrite video_<bucket>_path.txt under --data_root")
+    parser.add_argument("--strict", action="store_true", help="stop at the first video or frame that fails (default: skip it, report it, exit 1 at the end)")
     args = parser.parse_args(argv)
     if args.fps < 0:
         parser.error(f"--fps must be positive (or 0 to keep each video's rate), got {args.fps}")
+    failures = Failures(strict=args.strict or bool(args.video))  # one video: nothing to go on with
+    failures_log = None
     try:
         clips: list[Path] = []
         if args.video:
@@ -181,13 +200,16 @@ def main(argv: list[str] | None = None) -> None:
             videos = sorted(p for p in Path(args.videos_dir).iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
             if not videos:
                 parser.exit(1, f"error: no video ({', '.join(VIDEO_SUFFIXES)}) in {args.videos_dir}\n")
-            clips = prepare_videos(videos, Path(args.data_root) / args.bucket / args.category, fps=args.fps)
+            category_dir = Path(args.data_root) / args.bucket / args.category
+            clips = prepare_videos(videos, category_dir, fps=args.fps, failures=failures)
+            failures_log = category_dir / FAILURES_FILE
+            print(f"{len(clips)} of {len(videos)} video(s) prepared under {category_dir}")
         elif not args.lists_only:
             parser.error("give --video/--clip_dir, --videos_dir/--data_root/--bucket/--category, or --data_root --lists_only")
         if args.masks and clips:
             from .lip_masks import extract_masks
 
-            extract_masks(clips, ("lip", "face"))
+            extract_masks(clips, ("lip", "face"), failures=failures)
         if args.data_root:
             if not Path(args.data_root).is_dir():
                 raise FileNotFoundError(f"--data_root {args.data_root} is not a folder; pass the dataset root, e.g. talking_face_data")
@@ -199,10 +221,14 @@ def main(argv: list[str] | None = None) -> None:
                     f"no complete clip under {args.data_root} yet (a clip needs audio.wav and a face and a lip mask per frame): "
                     "run lip_mask_extractor.py --face_masks (or add --masks here), then --lists_only"
                 )
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+    except (OSError, ValueError, RuntimeError) as exc:
         parser.exit(1, f"error: {exc}\n")
     for clip in clips:
         print(f"prepared {clip}")
+    if failures_log is not None:
+        failures.write(failures_log)
+    if failures:
+        parser.exit(1, f"error: {failures.report(failures_log)}\n")
 
 
 if __name__ == "__main__":

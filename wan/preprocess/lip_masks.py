@@ -13,7 +13,10 @@ boxes; the mesh box spans forehead to chin and cheek to cheek). A frame without 
 warning (``--no_face_fill`` gives the face mask StableAnimator's whole-frame fallback instead).
 
 Runs resume: frames whose masks exist are skipped; each mask appears atomically (temp file + os.replace), so an
-interrupted run never leaves a half-written mask. ``--end`` is inclusive, as the original README describes it
+interrupted run never leaves a half-written mask. A frame that cannot be read (or a clip without images/) is
+skipped and reported, on stderr and in ``<folder_root>/failed_masks.jsonl``, and the tools exit 1 at the end; its
+clip stays incomplete (not listed for training) until the frame is fixed and the tool rerun. ``--strict`` stops
+at the first such frame instead. ``--end`` is inclusive, as the original README describes it
 (its code stopped one folder early).
 """
 
@@ -30,7 +33,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .common import atomic_output
+from .common import Failures, atomic_output
 from .landmarks import Detection, FaceLandmarker
 
 logger = logging.getLogger(__name__)
@@ -40,6 +43,7 @@ LIP_LOWER = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291)  # outer lower l
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg")
 MASK_DIRS = {"lip": "lip_masks", "face": "face_masks"}
 CLIP_NAME = re.compile(r"^\d{5}$")
+FAILURES_FILE = "failed_masks.jsonl"  # in --folder_root: the frames a run skipped, with the reason
 
 
 # -- geometry (pure functions of landmarks) -------------------------------------------------------------------
@@ -115,11 +119,15 @@ def extract_masks(
     no_face_fill: bool = False,
     landmarker: FaceLandmarker | None = None,
     progress: bool = True,
+    failures: Failures | None = None,
 ) -> dict[str, int]:
     """Write the missing ``kinds`` masks ("lip", "face") of every frame of every clip.
 
-    Returns counts: ``written`` frames, ``skipped`` (all masks already there), ``no_face`` frames.
+    Returns counts: ``written`` frames, ``skipped`` (all masks already there), ``no_face`` frames. A clip
+    without images/ or a frame that cannot be read is recorded in ``failures`` and skipped (None: its error
+    is raised).
     """
+    failures = Failures(strict=True) if failures is None else failures
     unknown = set(kinds) - set(MASK_DIRS)
     if unknown:
         raise ValueError(f"unknown mask kinds {sorted(unknown)}; choose from {sorted(MASK_DIRS)}")
@@ -127,16 +135,17 @@ def extract_masks(
     skipped = 0
     for clip in map(Path, clips):
         images = clip / "images"
-        if not images.is_dir():
-            raise FileNotFoundError(f"{images} does not exist; extract the frames first (python -m wan.preprocess.frames)")
-        for kind in kinds:
-            (clip / MASK_DIRS[kind]).mkdir(exist_ok=True)
-            _clean_stale_temps(clip / MASK_DIRS[kind])
-        for name in frame_names(images):
-            if all((clip / MASK_DIRS[k] / name).exists() for k in kinds):
-                skipped += 1
-            else:
-                todo.append((clip, name))
+        with failures.guard(images, "masks"):
+            if not images.is_dir():
+                raise FileNotFoundError(f"{images} does not exist; extract the frames first (python -m wan.preprocess.frames)")
+            for kind in kinds:
+                (clip / MASK_DIRS[kind]).mkdir(exist_ok=True)
+                _clean_stale_temps(clip / MASK_DIRS[kind])
+            for name in frame_names(images):
+                if all((clip / MASK_DIRS[k] / name).exists() for k in kinds):
+                    skipped += 1
+                else:
+                    todo.append((clip, name))
     counts = {"written": 0, "skipped": skipped, "no_face": 0}
     if not todo:
         return counts
@@ -145,9 +154,10 @@ def extract_masks(
     try:
         bar = tqdm(total=len(todo), desc="face landmarks -> masks", unit="frame", disable=not progress)
         for (clip, name), det in zip(todo, landmarker.detect(clip / "images" / name for clip, name in todo), strict=True):
-            _write_frame_masks(clip, name, det, kinds, no_face_fill)
-            counts["written"] += 1
-            counts["no_face"] += not det.faces
+            with failures.guard(clip / "images" / name, "masks"):
+                _write_frame_masks(clip, name, det, kinds, no_face_fill)
+                counts["written"] += 1
+                counts["no_face"] += not det.faces
             bar.update()
         bar.close()
     finally:
@@ -181,11 +191,13 @@ def _parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--start", type=int, default=None, help="first clip number (00001 = 1); default: every 5-digit clip folder")
     parser.add_argument("--end", type=int, default=None, help="last clip number, inclusive (--start=1 --end=500 covers 00001..00500)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--strict", action="store_true", help="stop at the first frame that fails (default: skip it, report it, exit 1 at the end)")
     return parser
 
 
 def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, kinds: Sequence[str], no_face_fill: bool = False, clips=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    failures = Failures(strict=args.strict)
     try:
         if clips is None:
             if not args.folder_root:
@@ -193,10 +205,13 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, kinds: Seque
             clips = clip_folders(args.folder_root, args.start, args.end)
         if not clips:
             parser.exit(1, f"error: no clip folder with images/ under {args.folder_root} for --start={args.start} --end={args.end}\n")
-        counts = extract_masks(clips, kinds, no_face_fill=no_face_fill, progress=not args.quiet)
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        counts = extract_masks(clips, kinds, no_face_fill=no_face_fill, progress=not args.quiet, failures=failures)
+    except (OSError, ValueError, RuntimeError) as exc:
         parser.exit(1, f"error: {exc}\n")
     print(f"{len(clips)} clip(s): {counts['written']} frame(s) written, {counts['skipped']} already done, {counts['no_face']} without a face")
+    log = failures.write(Path(args.folder_root or clips[0]) / FAILURES_FILE)
+    if failures:
+        parser.exit(1, f"error: {failures.report(log)}\n")
 
 
 def lip_main(argv: list[str] | None = None) -> None:
