@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from wan.constants import WAV2VEC_SAMPLE_RATE
-from wan.models.loading import CheckpointError, download_hint
+from wan.errors import CheckpointError, download_hint
 
 # Peak amplitude below which audio counts as silent (-80 dBFS, about 3 LSBs of 16-bit PCM).
 SILENCE_PEAK = 1e-4

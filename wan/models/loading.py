@@ -21,20 +21,7 @@ from pathlib import Path
 
 import torch
 
-# Where users get each file; used in "missing file" errors. ``hf`` is huggingface_hub's CLI since
-# 0.34 (``pip install -U huggingface_hub``); 1.0 removed the command older guides use.
-DOWNLOAD_HINTS: dict[str, str] = {
-    "Wan2.1-Fun-V1.1-1.3B-InP": "hf download alibaba-pai/Wan2.1-Fun-V1.1-1.3B-InP --local-dir checkpoints/Wan2.1-Fun-V1.1-1.3B-InP",
-    "Wan2.1-I2V-14B-480P": "hf download Wan-AI/Wan2.1-I2V-14B-480P --local-dir checkpoints/Wan2.1-I2V-14B-480P",
-    "wav2vec2-base-960h": "hf download facebook/wav2vec2-base-960h --local-dir checkpoints/wav2vec2-base-960h",
-    "Wan2.1-I2V-14B-720P": "hf download Wan-AI/Wan2.1-I2V-14B-720P --local-dir checkpoints/Wan2.1-I2V-14B-720P",
-    "StableAvatar-1.3B": "hf download FrancisRing/StableAvatar --local-dir checkpoints",
-    "Kim_Vocal_2.onnx": "hf download FrancisRing/StableAvatar Kim_Vocal_2.onnx --local-dir checkpoints",
-}
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file is missing, unreadable, or does not match the module."""
+from wan.errors import DOWNLOAD_HINTS, CheckpointError, download_hint  # noqa: F401  (re-exported: their old home)
 
 
 class WeightsMatch(Exception):
@@ -53,15 +40,6 @@ def check_only() -> Iterator[None]:
         yield
     finally:
         _CHECK_ONLY.reset(token)
-
-
-def download_hint(path: str | os.PathLike) -> str:
-    """The download command for the folder a missing file belongs to, or a generic pointer."""
-    parts = Path(path).parts
-    for folder, command in DOWNLOAD_HINTS.items():
-        if folder in parts:
-            return f"download it with: {command}"
-    return "see checkpoints/README.md for the expected files and how to download them"
 
 
 def require_file(path: str | os.PathLike, what: str = "checkpoint file") -> Path:

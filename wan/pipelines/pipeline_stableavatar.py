@@ -94,7 +94,8 @@ class StableAvatarPipeline(DiffusionPipeline):
     ``transformer`` (``WanAvatarTransformer3DModel``), ``clip_image_encoder``
     (``CLIPVisionEncoder``), ``scheduler`` (``FlowMatchEulerDiscreteScheduler`` configured as the
     original, see ``scheduling.build_scheduler``), ``wav2vec`` (``Wav2VecFeatureExtractor``).
-    Load the released files with ``StableAvatarPipeline.from_pretrained`` (``wan.pipelines.loading``).
+    Load the released files with ``wan.pipelines.load_pipeline`` (it knows their layout; this module
+    does not import it, so the loader depends on the pipeline and not the other way round).
     """
 
     model_cpu_offload_seq = "text_encoder->clip_image_encoder->vae->transformer->vae"
@@ -116,13 +117,6 @@ class StableAvatarPipeline(DiffusionPipeline):
             scheduler=scheduler,
             wav2vec=wav2vec,
         )
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> StableAvatarPipeline:  # type: ignore[override]
-        """Load from the original checkpoint layout; see ``wan.pipelines.loading.load_pipeline``."""
-        from wan.pipelines.loading import load_pipeline
-
-        return load_pipeline(pretrained_model_name_or_path, **kwargs)
 
     # -- inputs --------------------------------------------------------------------------------
 

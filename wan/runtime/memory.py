@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import torch
 
+from wan.errors import GPUOutOfMemoryError  # noqa: F401  (re-exported: its old home)
+
 MEMORY_MODES = ("model_full_load", "model_cpu_offload", "model_cpu_offload_and_qfloat8", "sequential_cpu_offload")
 
 # What to try when a mode runs out of GPU memory (each step roughly halves the peak or more).
@@ -135,10 +137,6 @@ def _keep_resident(model: torch.nn.Module, suffixes: tuple[str, ...], device: to
         if name.split(".")[-1] in suffixes:
             remove_hook_from_module(sub, recurse=True)  # restores the CPU weights from the offload map
             sub.to(device)
-
-
-class GPUOutOfMemoryError(RuntimeError):
-    """``torch.cuda.OutOfMemoryError`` during a run, with the memory mode to try next."""
 
 
 def oom_advice(mode: str, resume_path: str | None = None) -> str:

@@ -30,14 +30,12 @@ from typing import Any
 
 import torch
 
+from wan.errors import ResumeMismatchError
+
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "resume_state.safetensors"
 FORMAT_VERSION = "1"
-
-
-class ResumeMismatchError(ValueError):
-    """A saved state does not belong to this run; the message lists the differences."""
 
 
 def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -1,4 +1,7 @@
-"""Loading the released frozen encoders for training (VAE, umT5, CLIP, wav2vec2) as FrozenEncoders.
+"""The frozen encoders of training (VAE, umT5, CLIP, wav2vec2): the ``FrozenEncoders`` interface and its loader.
+
+``FrozenEncoders.from_pretrained`` wraps the real Wan VAE, umT5, CLIP and wav2vec2 (unit tests pass tiny stand-ins;
+tests/training/test_entrypoint.py runs the real ones at tiny sizes).
 
 The files and their sizes come from the same place as inference: ``wan.pipelines.loading.checked_checkpoints``
 (the original layout + ``--config_path``, whose ``text_encoder_kwargs``/``image_encoder_kwargs``/``vae_kwargs``
@@ -9,11 +12,12 @@ from __future__ import annotations
 
 import inspect
 import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-
-from .conditioning import FrozenEncoders
+import torch.nn as nn
 
 
 def _accepted(fn, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -45,6 +49,37 @@ def vae_posterior(vae) -> Any:
         return mean, torch.exp(0.5 * logvar)
 
     return posterior
+
+
+@dataclass
+class FrozenEncoders:
+    """The frozen models of training, as callables.
+
+    vae_posterior: pixels [B, 3, F, H, W] in [-1, 1] -> (mean, std), each [B, 16, f, h, w], such
+        that a posterior sample is ``mean + std * eps`` (the original's: normalised mean, raw std;
+        see ``vae_posterior``).
+    clip: image [B, 3, H, W] in [-1, 1] -> [B, 257, 1280].
+    text: prompts (B strings) -> B tensors [L_i, text_dim] trimmed to their real lengths.
+    audio: normalised 16 kHz samples [B, S] -> [B, N, 768] wav2vec2 hidden states.
+    modules: the nn.Modules behind the callables, in the order they run (for ``on_device``).
+    parts: the loaded pipeline components (tokenizer, text_encoder, vae, clip_image_encoder, wav2vec,
+        scheduler_kwargs) for the validation video; empty for stand-ins (then there is no validation).
+    """
+
+    vae_posterior: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    clip: Callable[[torch.Tensor], torch.Tensor]
+    text: Callable[[list[str]], list[torch.Tensor]]
+    audio: Callable[[torch.Tensor], torch.Tensor]
+    modules: dict[str, nn.Module] = field(default_factory=dict)
+    parts: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_pretrained(
+        cls, base_dir: str, wav2vec_dir: str | None, tokenizer_max_length: int, dtype: torch.dtype, config_path: str | None = None
+    ) -> FrozenEncoders:
+        """The released Wan VAE / umT5 / CLIP from ``base_dir`` and wav2vec2 from ``wav2vec_dir``, sized
+        by ``config_path`` (the wan_civitai.yaml; None: the repository's)."""
+        return load_frozen_encoders(base_dir, wav2vec_dir, tokenizer_max_length, dtype, config_path)
 
 
 def load_frozen_encoders(

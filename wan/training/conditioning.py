@@ -1,54 +1,21 @@
 """Frozen encoders -> the DiT's inputs for one batch.
 
-The trainer sees the encoders only through ``FrozenEncoders``: four callables with fixed shapes.
-``FrozenEncoders.from_pretrained`` wraps the real Wan VAE, umT5, CLIP and wav2vec2 (unit tests pass tiny
-stand-ins; tests/training/test_entrypoint.py runs the real ones at tiny sizes). ``on_device`` moves a module to the GPU only while it runs (``--low_vram``).
+The trainer sees the encoders only through ``FrozenEncoders`` (defined in ``_encoders``, with its loader):
+four callables with fixed shapes. ``on_device`` moves a module to the GPU only while it runs (``--low_vram``).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
 from wan.data.masks import loss_mask_to_latent, mask_latent_channels
 
-
-@dataclass
-class FrozenEncoders:
-    """The frozen models of training, as callables.
-
-    vae_posterior: pixels [B, 3, F, H, W] in [-1, 1] -> (mean, std), each [B, 16, f, h, w], such
-        that a posterior sample is ``mean + std * eps`` (the original's: normalised mean, raw std;
-        see ``_encoders.vae_posterior``).
-    clip: image [B, 3, H, W] in [-1, 1] -> [B, 257, 1280].
-    text: prompts (B strings) -> B tensors [L_i, text_dim] trimmed to their real lengths.
-    audio: normalised 16 kHz samples [B, S] -> [B, N, 768] wav2vec2 hidden states.
-    modules: the nn.Modules behind the callables, in the order they run (for ``on_device``).
-    parts: the loaded pipeline components (tokenizer, text_encoder, vae, clip_image_encoder, wav2vec,
-        scheduler_kwargs) for the validation video; empty for stand-ins (then there is no validation).
-    """
-
-    vae_posterior: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-    clip: Callable[[torch.Tensor], torch.Tensor]
-    text: Callable[[list[str]], list[torch.Tensor]]
-    audio: Callable[[torch.Tensor], torch.Tensor]
-    modules: dict[str, nn.Module] = field(default_factory=dict)
-    parts: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_pretrained(
-        cls, base_dir: str, wav2vec_dir: str | None, tokenizer_max_length: int, dtype: torch.dtype, config_path: str | None = None
-    ) -> FrozenEncoders:
-        """The released Wan VAE / umT5 / CLIP from ``base_dir`` and wav2vec2 from ``wav2vec_dir``, sized
-        by ``config_path`` (the wan_civitai.yaml; None: the repository's)."""
-        from wan.training._encoders import load_frozen_encoders
-
-        return load_frozen_encoders(base_dir, wav2vec_dir, tokenizer_max_length, dtype, config_path)
+from ._encoders import FrozenEncoders
 
 
 @contextlib.contextmanager
