@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -73,54 +74,82 @@ def test_saving_is_atomic(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["s.safetensors"]  # no temp file left behind
 
 
-def test_cli_out_of_memory_names_next_mode_keeps_state_and_resume_finishes(tiny_folder, tmp_path, monkeypatch, capsys):
+class CLI:
+    """inference.py on the tiny folder (32x32, 17-frame windows, STEPS steps) with hooks: ``oom_at`` injects a
+    CUDA out-of-memory error at that step; ``steps`` lists the steps that ran, ``latents`` the final latents,
+    ``frames`` the uint8 frames handed to the mp4 writer ([T, H, W, 3]; x264's output bytes are not
+    reproducible from run to run even for equal frames, so the frames are compared, not the file)."""
+
+    def __init__(self, tiny_folder, monkeypatch):
+        from wan.cli import inference
+        from wan.pipelines.pipeline_stableavatar import StableAvatarPipeline
+
+        self.main, self.oom_at, self.steps, self.latents, self.frames = inference.main, None, [], None, []
+        self.flags = [f"--{k}={v}" for k, v in tiny_folder.items()] + [
+            f"--validation_reference_path={EXAMPLES / 'case-1' / 'reference.png'}",
+            f"--validation_driven_audio_path={EXAMPLES / 'case-2' / 'audio.wav'}",
+            "--width=32", "--height=32", "--clip_sample_n_frames=17", "--overlap_window_length=3", f"--sample_steps={STEPS}", "--device=cpu",
+        ]  # fmt: skip
+        plain_predict, plain_call, plain_chunks = StableAvatarPipeline.predict_windows, StableAvatarPipeline.__call__, inference._uint8_chunks
+
+        def predict(pipe, latents_all, t, windows, cond, progress=None):
+            step = pipe.scheduler.timesteps.tolist().index(float(t))
+            self.steps.append(step)
+            if self.oom_at == step:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return plain_predict(pipe, latents_all, t, windows, cond, progress)
+
+        def call(pipe, *args, **kwargs):
+            out = plain_call(pipe, *args, **kwargs)
+            self.latents = out.latents.clone()
+            return out
+
+        def chunks(result, *args, **kwargs):
+            for chunk in plain_chunks(result, *args, **kwargs):
+                self.frames.append(np.array(chunk))
+                yield chunk
+
+        monkeypatch.delenv("WORLD_SIZE", raising=False)
+        monkeypatch.setattr(StableAvatarPipeline, "predict_windows", predict)
+        monkeypatch.setattr(StableAvatarPipeline, "__call__", call)
+        monkeypatch.setattr(inference, "_uint8_chunks", chunks)
+        monkeypatch.setattr("wan.audio.load_audio", lambda path, *a, **k: _short_audio())
+        monkeypatch.setattr("wan.pipelines.pipeline_stableavatar.load_audio", lambda path, *a, **k: _short_audio())
+
+    def __call__(self, out, *flags: str, oom_at: int | None = None) -> int:
+        self.oom_at, self.steps, self.latents, self.frames = oom_at, [], None, []
+        return self.main([*self.flags, f"--output_dir={out}", *flags])
+
+
+@pytest.fixture
+def cli(tiny_folder, monkeypatch):
+    return CLI(tiny_folder, monkeypatch)
+
+
+def test_cli_out_of_memory_names_next_mode_keeps_state_and_resume_finishes(cli, tmp_path, capsys):
     """inference.py on the tiny folder: a CUDA OOM injected at step 3 -> exit 3 with the next memory
-    mode; the state after step 2 is kept; --resume runs only the remaining steps."""
-    from wan.cli import inference as cli
-    from wan.pipelines.pipeline_stableavatar import StableAvatarPipeline
-
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    mode; the state after step 2 is kept; --resume runs only the remaining steps, and its final latents
+    and mp4 equal, bit for bit, those of a run that was never stopped."""
+    assert cli(tmp_path / "whole") == 0 and cli.steps == list(range(STEPS))
+    whole, whole_frames = cli.latents, np.concatenate(cli.frames)
     out = tmp_path / "out"
-    argv = [f"--{k}={v}" for k, v in tiny_folder.items()] + [
-        f"--validation_reference_path={EXAMPLES / 'case-1' / 'reference.png'}",
-        f"--validation_driven_audio_path={EXAMPLES / 'case-2' / 'audio.wav'}",
-        f"--output_dir={out}", "--width=32", "--height=32", "--clip_sample_n_frames=17", "--overlap_window_length=3",
-        f"--sample_steps={STEPS}", "--device=cpu",
-    ]  # fmt: skip
-    calls = {"steps": []}
-    plain = StableAvatarPipeline.predict_windows
-
-    def predict(self, latents_all, t, windows, cond, progress=None):
-        step = self.scheduler.timesteps.tolist().index(float(t))
-        calls["steps"].append(step)
-        if calls.get("oom_at") == step:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return plain(self, latents_all, t, windows, cond, progress)
-
-    monkeypatch.setattr(StableAvatarPipeline, "predict_windows", predict)
-    monkeypatch.setattr("wan.audio.load_audio", lambda path, *a, **k: _short_audio())
-    monkeypatch.setattr("wan.pipelines.pipeline_stableavatar.load_audio", lambda path, *a, **k: _short_audio())
-    calls["oom_at"] = 2
-    assert cli.main(argv) == 3
+    assert cli(out, oom_at=2) == 3
     err = capsys.readouterr().err
     assert "--GPU_memory_mode model_cpu_offload" in err and "--resume" in err and "resume_state.safetensors" in err
     assert load_state(out / "resume_state.safetensors").steps_done == 2
 
-    calls.update(oom_at=None, steps=[])
-    assert cli.main([*argv, "--resume"]) == 0
-    assert calls["steps"] == [2, 3]  # only the remaining steps ran
+    assert cli(out, "--resume") == 0
+    assert cli.steps == [2, 3]  # only the remaining steps ran
+    assert torch.equal(cli.latents, whole) and np.array_equal(np.concatenate(cli.frames), whole_frames)
     assert (out / "video_with_audio.mp4").is_file() and not (out / "resume_state.safetensors").exists()
 
-    calls.update(oom_at=0, steps=[])
-    assert cli.main([*argv, "--seed=7"]) == 3  # no step saved yet: nothing to resume, and no path is named
+    assert cli(out, "--seed=7", oom_at=0) == 3  # no step saved yet: nothing to resume, and no path is named
     assert "--resume" not in capsys.readouterr().err
     (out / "resume_state.safetensors").unlink(missing_ok=True)
     save_state(out / "resume_state.safetensors", ResumeState(torch.zeros(1), 1, STEPS, 0, "model_full_load", {"seed": 42}))
-    assert cli.main([*argv, "--resume"]) == 2
+    assert cli(out, "--resume") == 2
     assert "--resume refused" in capsys.readouterr().err
 
 
 def _short_audio():
-    import numpy as np
-
     return (np.random.default_rng(1).standard_normal(24443) * 0.1).astype(np.float32)
