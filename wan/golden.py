@@ -93,11 +93,18 @@ def run_case(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def compare(got: dict[str, torch.Tensor], ref: dict[str, torch.Tensor], tolerances: dict) -> list[str]:
-    """Check every toleranced key; return one line per failure (empty list: all pass)."""
+    """Check every toleranced key; return one line per failure (empty list: all pass).
+
+    A key with a numeric tolerance must be in the reference and in ``got``; a missing one is a failure,
+    never a silent pass. Prose entries (a string instead of a tolerance dict) are notes and are skipped.
+    """
     failures = []
     for key, tol in tolerances.items():
-        if not isinstance(tol, dict) or key not in ref:
+        if not isinstance(tol, dict):
             continue  # prose entries such as "per-window intermediates"
+        if key not in ref:
+            failures.append(f"{key}: has a tolerance but the reference holds no recorded value")
+            continue
         if key not in got:
             failures.append(f"{key}: not produced")
             continue

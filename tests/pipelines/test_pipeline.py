@@ -17,6 +17,7 @@ def test_golden_pipeline_uniform():
 
 @pytest.mark.slow
 def test_golden_pipeline_log():
+    """The same with the 'log' blend: final latents (the recording of this case holds no decoded video)."""
     assert_golden("pipeline_log")
 
 
