@@ -208,14 +208,17 @@ def test_checkpoint_files_are_checked(valid_argv):
     assert "sa.pt" in message  # the empty StableAvatar file is reported too
 
 
-def test_default_config_path_is_filled(valid_argv):
+def test_default_config_path_is_the_shipped_yaml(valid_argv):
     args = cli.parse_args([a for a in valid_argv if not a.startswith("--config_path")])
-    if cli.DEFAULT_CONFIG.is_file():
+    cli.validate(args, check_checkpoints=False)
+    assert args.config_path == str(cli.DEFAULT_CONFIG) and cli.DEFAULT_CONFIG.is_file()
+
+
+def test_missing_default_config_names_it(valid_argv, monkeypatch, tmp_path):
+    args = cli.parse_args([a for a in valid_argv if not a.startswith("--config_path")])
+    monkeypatch.setattr(cli, "DEFAULT_CONFIG", tmp_path / "deepspeed_config" / "wan2.1" / "wan_civitai.yaml")  # a checkout without it
+    with pytest.raises(cli.InferenceArgumentError, match="--config_path.*wan_civitai.yaml"):
         cli.validate(args, check_checkpoints=False)
-        assert args.config_path == str(cli.DEFAULT_CONFIG)
-    else:
-        with pytest.raises(cli.InferenceArgumentError, match="wan_civitai.yaml"):
-            cli.validate(args, check_checkpoints=False)
 
 
 @pytest.mark.parametrize(

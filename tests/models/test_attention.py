@@ -64,13 +64,18 @@ def test_flash_backend_without_package_is_a_clear_error():
         A.set_attention_backend("flash2")
 
 
-def test_no_crash_when_flash_sdp_disabled():
-    """The original raised ZeroDivisionError when torch's flash SDP kernel was disabled."""
+def test_flash_sdp_disabled_changes_nothing():
+    """The original raised ZeroDivisionError (on purpose) when PyTorch's flash SDP kernel was disabled; here
+    both SDPA backends still compute softmax attention, unmasked and masked, with the same numbers."""
     q, k, v = qkv()
+    lens = torch.tensor([4, 9])
     enabled = torch.backends.cuda.flash_sdp_enabled()
     torch.backends.cuda.enable_flash_sdp(False)
     try:
-        out = A.attention(q, k, v)
+        unmasked = A.attention(q, k, v, backend="sdpa_unmasked")
+        masked = A.attention(q, k, v, k_lens=lens, backend="sdpa")
     finally:
         torch.backends.cuda.enable_flash_sdp(enabled)
-    assert torch.isfinite(out).all()
+    torch.testing.assert_close(unmasked, reference(q, k, v), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(masked[0:1], reference(q[0:1], k[0:1, :4], v[0:1, :4]), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(masked[1:2], unmasked[1:2], rtol=1e-5, atol=1e-5)
