@@ -129,7 +129,6 @@ def run_case(pipe, height: int, width: int, frames: int, steps: int, total_steps
     return out
 
 
-measure = run_case  # bench/solvers.py's name for it
 
 
 def setup_variant(pipe, variant: str, device: str, cache_dir: str | None) -> None:

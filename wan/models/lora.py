@@ -153,8 +153,11 @@ def read_lora(path: str | os.PathLike, model: nn.Module) -> LoraFile:
     for key, value in state.items():
         suffix = next((s for s in _PART if key.endswith(s)), None)
         if suffix is None:
-            name = key[len("diffusion_model.") :] if key.startswith("diffusion_model.") else key
-            (out.tensors.__setitem__(name, value) if name in params else unmatched.append(key))
+            name = key.removeprefix("diffusion_model.")
+            if name in params:
+                out.tensors[name] = value
+            else:
+                unmatched.append(key)
             continue
         name = _module_name(key[: -len(suffix)], flat)
         if name not in linears:
@@ -195,10 +198,6 @@ def _lora_layers(model: nn.Module) -> dict[str, nn.Module]:
     return {n: m for n, m in model.named_modules() if isinstance(m, LoraLayer)}
 
 
-def _exact(name: str) -> str:
-    return re.escape(name)
-
-
 def apply_loras(model: nn.Module, loras: Sequence[tuple[LoraFile, float]], merge: bool = True) -> nn.Module:
     """Apply ``(file, scale)`` pairs to ``model`` in place (see module doc); returns ``model``."""
     from peft import LoraConfig, inject_adapter_in_model
@@ -223,9 +222,9 @@ def apply_loras(model: nn.Module, loras: Sequence[tuple[LoraFile, float]], merge
         config = LoraConfig(
             r=rank,
             lora_alpha=rank,
-            target_modules="^(" + "|".join(_exact(n) for n in sorted(lora.layers)) + ")$",
-            rank_pattern={_exact(n): r for n, r in ranks.items()},
-            alpha_pattern={_exact(n): a for n, (_, _, a) in lora.layers.items()},
+            target_modules="^(" + "|".join(re.escape(n) for n in sorted(lora.layers)) + ")$",
+            rank_pattern={re.escape(n): r for n, r in ranks.items()},
+            alpha_pattern={re.escape(n): a for n, (_, _, a) in lora.layers.items()},
             lora_dropout=0.0,
         )
         with warnings.catch_warnings():  # several files are several adapters on purpose

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from wan.models.lora import FP32_ISLANDS, load_lora_into  # noqa: F401  (inference side: wan.models.lora)
+from wan.models.lora import FP32_ISLANDS, _lora_layers, load_lora_into  # noqa: F401  (load_lora_into: the inference side)
 
 PREFIX = "lora_transformer__"
 AUDIO_WORDS = ("vocal", "audio")
@@ -62,12 +62,6 @@ def add_lora(model: nn.Module, rank: int, alpha: float) -> list[str]:
     for name, p in model.named_parameters():
         p.requires_grad_("lora_" in name or is_audio_param(name))
     return targets
-
-
-def _lora_layers(model: nn.Module) -> dict[str, nn.Module]:
-    from peft.tuners.lora import LoraLayer
-
-    return {n: m for n, m in model.named_modules() if isinstance(m, LoraLayer)}
 
 
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
