@@ -80,6 +80,20 @@ def test_jsonl_and_csv_give_the_same_jobs_with_aliases_types_and_relative_paths(
     assert (b["sample_text_guide_scale"], b["sample_audio_guide_scale"]) == (3.5, 6.0)
 
 
+def test_a_line_may_pick_the_solver_and_shift(folder):
+    rows = [
+        {"reference": REF[0], "audio": "a0.wav", "sample_solver": "unipc", "sample_shift": 3},
+        {"reference": REF[0], "audio": "a1.wav", "sample_solver": "heun"},
+        {"reference": REF[0], "audio": "a2.wav", "sample_shift": -1},
+        {"reference": REF[0], "audio": "a3.wav"},
+    ]
+    jobs = batch.read_jobs(cli.parse_args(argv(folder, write_jsonl(folder / "jobs.jsonl", rows), "--sample_solver=dpm++")))
+    assert (jobs[0].error, jobs[0].args.sample_solver, jobs[0].args.sample_shift) == (None, "unipc", 3.0)
+    assert "sample_solver='heun' must be one of euler, unipc, dpm++" in jobs[1].error
+    assert "--sample_shift=-1.0 must be > 0" in jobs[2].error
+    assert (jobs[3].error, jobs[3].args.sample_solver, jobs[3].args.sample_shift) == (None, "dpm++", None)
+
+
 def test_every_bad_line_is_reported_with_its_number_and_the_good_ones_stay(folder):
     (folder / "broken.png").write_text("not an image")
     rows = [

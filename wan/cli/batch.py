@@ -63,6 +63,8 @@ JOB_FIELDS: dict[str, tuple[str, type]] = {
     "sample_steps": ("sample_steps", int),
     "text_guide_scale": ("sample_text_guide_scale", float),
     "audio_guide_scale": ("sample_audio_guide_scale", float),
+    "sample_solver": ("sample_solver", str),
+    "sample_shift": ("sample_shift", float),
 }
 JOB_FIELDS.update({flag: (flag, kind) for flag, kind in list(JOB_FIELDS.values()) if flag != "prompt"})
 JOB_FIELDS["validation_prompts"] = ("prompt", str)

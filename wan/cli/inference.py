@@ -291,8 +291,13 @@ def add_solver_and_lora_flags(p: argparse.ArgumentParser) -> None:
 
 
 def validate_solver_and_loras(args: argparse.Namespace) -> None:
-    """Raise ``InferenceArgumentError`` for a non-positive shift or a LoRA file that is not there."""
+    """Raise ``InferenceArgumentError`` for an unknown solver (a batch line may set one), a non-positive
+    shift or a LoRA file that is not there."""
     from wan.models.lora import LoraSpec
+    from wan.pipelines.solvers import SOLVERS
+
+    if args.sample_solver not in SOLVERS:
+        raise InferenceArgumentError(f"sample_solver={args.sample_solver!r} must be one of {', '.join(SOLVERS)}")
 
     if args.sample_shift is not None and args.sample_shift <= 0:
         raise InferenceArgumentError(f"--sample_shift={args.sample_shift} must be > 0 (Wan2.1 uses 3.0 at 480p, 5.0 at 720p)")
