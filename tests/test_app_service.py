@@ -206,7 +206,7 @@ def test_second_generation_waits_for_the_first(monkeypatch):
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
         client = gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False)
-        inputs = ("model_full_load", 0, 5, 81, None, None, "{}", "", 64, 64, 2, 3.0, 5.0, 5, -1)
+        inputs = ("model_full_load", 0, 5, 81, None, None, "{}", "", 64, 64, 2, 3.0, 5.0, 5, -1, "euler", 5.0, None, 1.0)
         start = time.monotonic()
         jobs = [client.submit(*inputs[:6], name, *inputs[7:], api_name="/generate") for name in ("first", "second")]
         statuses = sorted(job.result(timeout=60)[3] for job in jobs)
