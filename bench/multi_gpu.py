@@ -209,7 +209,8 @@ def worker(args: argparse.Namespace) -> None:
             dit_weights_gib_per_rank=round(local_parameter_bytes(pipe.transformer) / 2**30, 3),
         )
         if peak is not None:
-            record("peak_gib", round(max(peaks), 2), "GiB", **fields, per_rank=[round(p, 2) for p in peaks], what="max allocated per GPU after loading")
+            per_rank = [round(p, 2) for p in peaks]
+            record("peak_gib", round(max(peaks), 2), "GiB", **fields, per_rank=per_rank, what="max allocated per GPU after loading")
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
@@ -228,7 +229,8 @@ def _tiny_paths(folder: Path) -> dict:
 
 # ----------------------------------------------------------------------------- driver
 
-NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}  # kept in every child
+# NVLink multicast off in every child: on the shared multi-GPU hosts it can take the GPUs out of service.
+NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 
 
 def launch(layout: str, gpus: int, args: argparse.Namespace) -> dict | None:
@@ -288,7 +290,8 @@ def main() -> None:
     p.add_argument("--gpus", default="2", help="GPU counts to run (comma-separated, e.g. 2,4); the 1-GPU baseline always runs")
     p.add_argument("--modes", default=None, help=f"layouts among {sorted(LAYOUTS)} (default: every one for 1.3B, {MODES['14B']} for 14B)")
     p.add_argument("--preset", default="1.3B", choices=sorted(MODES), help="DiT size (random weights)")
-    p.add_argument("--seconds", type=float, default=None, help=f"video length (default {CASES['full']['seconds']:g} s; 14B: {SECONDS_14B:g} s)")
+    seconds = f"video length (default {CASES['full']['seconds']:g} s, 14B {SECONDS_14B:g} s)"
+    p.add_argument("--seconds", type=float, default=None, help=seconds)
     p.add_argument("--steps", type=int, default=3, help="denoising steps run per layout (the first is warm-up)")
     p.add_argument("--timeout", type=int, default=1800, help="seconds per torchrun")
     p.add_argument("--log_dir", default=None, help="write each torchrun's output to LOG_DIR/<preset>-<N>gpu-<layout>.log")

@@ -149,10 +149,24 @@ from bench.multi_gpu import CASES, LAYOUTS, degrees  # noqa: E402
 
 EXACT = ("default", "windows")
 GPU_REL_L2 = 1e-2  # the bf16 golden tolerance (tests/models/test_transformer_gpu.py)
-SIZES = {  # tiny: 3 windows (whole windows, then CFG rows); full: one 480x832 window of 81 frames, random weights
-    "tiny": dict(case=dict(CASES["tiny"], seconds=1.5), steps=2),
+# tiny: 3 windows (whole, then CFG rows), 80 tokens per window (no padding up to 8 ranks);
+# full: one 480x832 window of 81 frames, full-size random weights.
+SIZES = {
+    "tiny": dict(case=dict(CASES["tiny"], height=64, width=64, seconds=1.5), steps=2),
     "full": dict(case=dict(CASES["full"], seconds=81 / 25), steps=2),
 }
+
+
+def test_bench_layouts_cover_the_issues_runs():
+    """(ulysses, ring, fsdp, split rows) per GPU count: issue 17's 2-GPU list, issue 18's 2x2, 4x2 with
+    and without FSDP, window groups x Ulysses, and the 14B (40 heads) with Ulysses 8."""
+    assert [degrees(m, 2) for m in ("default", "ulysses", "ring", "ulysses_fsdp")] == [
+        (1, 1, False, True), (2, 1, False, True), (1, 2, False, True), (2, 1, True, True)
+    ]  # fmt: skip
+    assert degrees("usp", 4) == (2, 2, False, True) and degrees("usp", 8) == (4, 2, False, True) and degrees("usp_fsdp", 8) == (4, 2, True, True)
+    assert degrees("hybrid", 4) == degrees("hybrid", 8) == (2, 1, False, True) and degrees("windows", 2)[3] is False
+    assert degrees("ulysses_fsdp", 8, num_heads=40) == (8, 1, True, True) and degrees("ulysses", 8) is None  # 12 heads
+    assert degrees("usp", 2) is None and degrees("hybrid", 2) is None and degrees("single", 2) is None  # ring, ulysses, 1 GPU
 
 
 @pytest.fixture(scope="module")
@@ -206,7 +220,8 @@ def _gpu_cases():
         for gpus in (2, 4, 8):
             for layout in LAYOUTS:
                 if layout != "single" and degrees(layout, gpus, 12):
-                    need = pytest.mark.skipif(torch.cuda.device_count() < gpus, reason=f"needs {gpus} CUDA GPUs ({torch.cuda.device_count()} here)")
+                    found = torch.cuda.device_count()
+                    need = pytest.mark.skipif(found < gpus, reason=f"needs {gpus} CUDA GPUs ({found} here)")
                     yield pytest.param(layout, gpus, size, id=f"{gpus}gpu-{layout}-{size}", marks=[pytest.mark.gpu, need])
 
 

@@ -234,12 +234,13 @@ SCENARIOS = {
     "job_groups": job_groups,
     "layout_latents": layout_latents,
 }
-NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}  # the GPU hosts need them off
 
 
 def torchrun(scenario: str, out_dir: Path, nproc: int, timeout: int = 900, **kwargs) -> list[dict]:
     """Run ``scenario(**kwargs)`` under ``torchrun --nproc_per_node nproc`` (NCCL on GPUs, else gloo);
     returns every rank's report. The NVLink-multicast switches are set in the children's environment."""
+    from bench.multi_gpu import NO_MULTICAST
+
     env = {**NO_MULTICAST, **os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     env.pop("WORLD_SIZE", None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
