@@ -17,11 +17,16 @@
 # xfuser.core.distributed and xfuser.core.long_ctx_attention, which import the whole xfuser package
 # (its diffusers pipelines and distvae's VAE) and yunchang; triton is on the box, flash-attn is not
 # needed (PyTorch's flash kernel is used without it). The mp4 writer needs PyAV. Not on the box, so
-# carried as wheels in .whl/ (ignored: `echo /.whl/ >> .git/info/exclude`; name .whl in `carry`):
+# carried (prepare once on the host, in the repo root; both folders are git-ignored there):
+#   echo /.whl/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: -d .whl xfuser==0.7.0 yunchang==0.6.4 distvae==0.1.0
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl av==18.1.0
-# (about 1 MB + 55 kB + 20 kB + ~40 MB; DeepSpeed, for the training runs, is an sdist: not covered here.)
+#       --platform manylinux_2_28_x86_64 -d /tmp/avw av==18.1.0
+#   rm -rf /tmp/avx && mkdir /tmp/avx && (cd /tmp/avx && unzip -q /tmp/avw/av-18.1.0-*.whl) && tar -cJf .carry/av.tar.xz -C /tmp/avx .
+#   git rev-parse --short=10 HEAD > .carry/COMMIT
+# Sizes: the three wheels 1.1 MB, av.tar.xz 25 MB (the wheel is 36 MB), deps.tar.xz 5.5 MB, the
+# tracked tree 30 MB: carry .whl .carry/deps.tar.xz .carry/av.tar.xz .carry/COMMIT and leave
+# .carry/fa3.tar.xz out, or the call passes the 64 MiB limit. DeepSpeed (training runs) is not covered.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 GPUS=${1:?usage: bash bench/run_multi_gpu.sh GPUS [env,tests,e2e,bench,bench14b]}
