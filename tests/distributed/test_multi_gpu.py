@@ -6,6 +6,8 @@ library xfuser builds on) with PyTorch's math kernel; ring attention is GPU-only
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -135,3 +137,103 @@ def test_batch_job_groups_share_windows_inside_each_group_only(tmp_path):
         assert rep["split_rows"] and rep["max_abs"] == 0.0, rep
         assert "2 groups making their own videos" in rep["describe"]
     assert reports[0]["checksum"] == reports[1]["checksum"] != reports[2]["checksum"] == reports[3]["checksum"]
+
+
+# ----------------------------------------------------------------------------- 1 process vs N (torchrun)
+# bench/multi_gpu.py's layouts, each run by torchrun on N processes (N GPUs with NCCL; CPU processes
+# over gloo without CUDA) against the same case run in the test's process. Window/CFG-row
+# layouts run the very DiT calls of one process: bit-exact. Sequence-parallel layouts sum in another
+# order: on GPUs the golden tolerance of bf16 runs (rel L2 < 1e-2), on the CPU in float32 PIPE_TOL.
+
+from bench.multi_gpu import CASES, LAYOUTS, degrees  # noqa: E402
+
+EXACT = ("default", "windows")
+GPU_REL_L2 = 1e-2  # the bf16 golden tolerance (tests/models/test_transformer_gpu.py)
+# tiny: 3 windows (whole, then CFG rows), 80 tokens per window (no padding up to 8 ranks);
+# full: one 480x832 window of 81 frames, full-size random weights.
+SIZES = {
+    "tiny": dict(case=dict(CASES["tiny"], height=64, width=64, seconds=1.5), steps=2),
+    "full": dict(case=dict(CASES["full"], seconds=81 / 25), steps=2),
+}
+
+
+def test_bench_layouts_cover_the_issues_runs():
+    """(ulysses, ring, fsdp, split rows) per GPU count: issue 17's 2-GPU list, issue 18's 2x2, 4x2 with
+    and without FSDP, window groups x Ulysses, and the 14B (40 heads) with Ulysses 8."""
+    assert [degrees(m, 2) for m in ("default", "ulysses", "ring", "ulysses_fsdp")] == [
+        (1, 1, False, True), (2, 1, False, True), (1, 2, False, True), (2, 1, True, True)
+    ]  # fmt: skip
+    assert degrees("usp", 4) == (2, 2, False, True) and degrees("usp", 8) == (4, 2, False, True) and degrees("usp_fsdp", 8) == (4, 2, True, True)
+    assert degrees("hybrid", 4) == degrees("hybrid", 8) == (2, 1, False, True) and degrees("windows", 2)[3] is False
+    assert degrees("ulysses_fsdp", 8, num_heads=40) == (8, 1, True, True) and degrees("ulysses", 8) is None  # 12 heads
+    assert degrees("usp", 2) is None and degrees("hybrid", 2) is None and degrees("single", 2) is None  # ring, ulysses, 1 GPU
+
+
+@pytest.fixture(scope="module")
+def single_process_latents(tiny_checkpoints):
+    """The one-process latents of each size, computed once here (one GPU, or one CPU thread as the
+    torchrun children use), with the code the workers run."""
+    from bench.multi_gpu import build_pipeline, generate
+
+    cache = {}
+
+    def get(size: str) -> torch.Tensor:
+        if size not in cache:
+            kw, threads = _size_kwargs(size, tiny_checkpoints), torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                pipe = build_pipeline("single", "1.3B", kw["tiny_dir"])
+                cache[size] = generate(pipe, kw["case"], kw["steps"]).latents.cpu()
+            finally:
+                torch.set_num_threads(threads)
+            del pipe
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        return cache[size]
+
+    return get
+
+
+def _size_kwargs(size: str, tiny_checkpoints: dict) -> dict:
+    tiny_dir = str(Path(tiny_checkpoints["transformer_path"]).parents[1]) if size == "tiny" else None
+    return dict(SIZES[size], tiny_dir=tiny_dir)
+
+
+def _check_layout(layout: str, gpus: int, size: str, tmp_path, tiny_checkpoints, single_process_latents, rel_l2: float) -> None:
+    from tests.distributed.workers import _diff, torchrun
+
+    reports = torchrun("layout_latents", tmp_path, gpus, layout=layout, out=str(tmp_path), **_size_kwargs(size, tiny_checkpoints))
+    got, want = torch.load(tmp_path / f"{layout}.pt"), single_process_latents(size)
+    ulysses, ring, _, _ = degrees(layout, gpus, 12)
+    assert len({r["checksum"] for r in reports}) == 1, f"ranks hold different latents: {reports}"
+    assert all((r["usp_calls"] > 0) == (ulysses * ring > 1) for r in reports), reports
+    assert ("WindowParallel" in reports[0]["parallel"]) == (ulysses * ring < gpus), reports[0]
+    if layout in EXACT:
+        assert torch.equal(got, want), f"{layout} on {gpus}: not bit-exact, {_diff(got, want)}"
+    else:
+        d = _diff(got, want)
+        assert d["rel_l2"] < rel_l2, f"{layout} on {gpus}: {d}"
+
+
+def _gpu_cases():
+    for size in SIZES:
+        for gpus in (2, 4, 8):
+            for layout in LAYOUTS:
+                if layout != "single" and degrees(layout, gpus, 12):
+                    found = torch.cuda.device_count()
+                    need = pytest.mark.skipif(found < gpus, reason=f"needs {gpus} CUDA GPUs ({found} here)")
+                    yield pytest.param(layout, gpus, size, id=f"{gpus}gpu-{layout}-{size}", marks=[pytest.mark.gpu, need])
+
+
+@pytest.mark.parametrize("layout,gpus,size", list(_gpu_cases()))
+def test_layout_on_n_gpus_matches_one_gpu(layout, gpus, size, tmp_path, tiny_checkpoints, single_process_latents):
+    _check_layout(layout, gpus, size, tmp_path, tiny_checkpoints, single_process_latents, GPU_REL_L2)
+
+
+@pytest.mark.parametrize("layout", ["default", "ulysses_fsdp"])
+def test_layout_on_two_cpu_processes_matches_one(layout, tmp_path, tiny_checkpoints, single_process_latents):
+    """The GPU test's path on the CPU (torchrun, gloo, tiny folder): window/CFG rows bit-exact,
+    Ulysses 2 with the DiT sharded (FSDP) within the pipeline tolerance."""
+    if torch.cuda.is_available():
+        pytest.skip("the GPU variant (test_layout_on_n_gpus_matches_one_gpu) runs on this machine")
+    _check_layout(layout, 2, "tiny", tmp_path, tiny_checkpoints, single_process_latents, PIPE_TOL["rel_l2"])

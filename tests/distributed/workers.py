@@ -1,12 +1,15 @@
-"""Code run inside the 2-process (gloo, CPU) groups of tests/distributed: each scenario compares the
-parallel result with the single-process result on the same rank and writes the numbers to a JSON
-file; the test process asserts on them. Started with ``torch.multiprocessing.spawn`` (``launch``)."""
+"""Code run inside the process groups of tests/distributed: each scenario writes its numbers to a JSON
+file per rank; the test process asserts on them. Started with ``torch.multiprocessing.spawn``
+(``launch``: 2-4 CPU processes over gloo, the parallel result compared on the same rank), or
+under ``torchrun`` (``torchrun``: one process per GPU with NCCL, or CPU processes over gloo)."""
 
 from __future__ import annotations
 
 import json
 import os
 import socket
+import subprocess
+import sys
 import traceback
 from pathlib import Path
 
@@ -42,6 +45,17 @@ def _entry(rank: int, world: int, port: int, scenario: str, out_dir: str, kwargs
         Path(out_dir, f"{scenario}-{rank}.json").write_text(json.dumps(report))
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def count_usp_calls() -> list[int]:
+    """Count the sequence-parallel attention calls from now on (proof that it ran): ``[n]``."""
+    from wan.models import attention
+
+    calls = [0]
+    if "usp" in attention._EXTRA:
+        usp = attention._EXTRA["usp"]
+        attention._EXTRA["usp"] = lambda *a, **k: (calls.__setitem__(0, calls[0] + 1), usp(*a, **k))[1]
+    return calls
 
 
 def _diff(a: torch.Tensor, b: torch.Tensor) -> dict:
@@ -140,12 +154,7 @@ def pipeline_parallel(ckpt: dict, ulysses: int, seconds: float, split_rows: bool
         kw = dict(height=32, width=32, num_inference_steps=2, clip_length=17, overlap_window_length=2, output_type="latent")
         return pipe(image=reference, audio=np.asarray(audio), generator=torch.Generator().manual_seed(0), **kw).latents
 
-    from wan.models import attention
-
-    usp_calls = [0]
-    if "usp" in attention._EXTRA:  # count the sequence-parallel attention calls (proof it ran)
-        usp = attention._EXTRA["usp"]
-        attention._EXTRA["usp"] = lambda *a, **k: (usp_calls.__setitem__(0, usp_calls[0] + 1), usp(*a, **k))[1]
+    usp_calls = count_usp_calls()
     parallel = run()
     report = {"parallel": repr(pipe.parallel), "usp_calls": usp_calls[0], "latent_frames": parallel.shape[2]}
     pipe.parallel = None
@@ -199,4 +208,60 @@ def job_groups(windows: int = 3) -> dict:
     }  # fmt: skip
 
 
-SCENARIOS = {"dit_sequence_parallel": dit_sequence_parallel, "pipeline_parallel": pipeline_parallel, "job_groups": job_groups}
+# ------------------------------------------------------------------------------- a bench layout under torchrun
+
+
+def layout_latents(layout: str, case: dict, steps: int, out: str, tiny_dir: str | None = None, preset: str = "1.3B") -> dict:
+    """``steps`` denoising steps of ``case`` with ``bench/multi_gpu.py``'s ``layout`` on this torchrun's
+    processes (``single`` on one); rank 0 saves the latents to ``out/<layout>.pt``."""
+    from bench.multi_gpu import build_pipeline, generate
+
+    pipe = build_pipeline(layout, preset, tiny_dir)
+    usp_calls = count_usp_calls()
+    result = generate(pipe, case, steps)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if rank == 0:
+        torch.save(result.latents.cpu(), Path(out, f"{layout}.pt"))
+    return {
+        "parallel": repr(pipe.parallel), "usp_calls": usp_calls[0], "windows": len(result.windows),
+        "device": str(result.latents.device), "checksum": result.latents.double().sum().item(),
+    }  # fmt: skip
+
+
+SCENARIOS = {
+    "dit_sequence_parallel": dit_sequence_parallel,
+    "pipeline_parallel": pipeline_parallel,
+    "job_groups": job_groups,
+    "layout_latents": layout_latents,
+}
+
+
+def torchrun(scenario: str, out_dir: Path, nproc: int, timeout: int = 900, **kwargs) -> list[dict]:
+    """Run ``scenario(**kwargs)`` under ``torchrun --nproc_per_node nproc`` (NCCL on GPUs, else gloo);
+    returns every rank's report. The NVLink-multicast switches are set in the children's environment."""
+    from bench.multi_gpu import NO_MULTICAST
+
+    env = {**NO_MULTICAST, **os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("WORLD_SIZE", None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    cmd += [str(Path(__file__).resolve()), scenario, str(out_dir), json.dumps(kwargs)]
+    proc = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True, text=True, timeout=timeout)
+    reports = [Path(out_dir, f"{scenario}-{r}.json") for r in range(nproc)]
+    if proc.returncode or not all(r.exists() for r in reports):
+        raise AssertionError(f"torchrun {scenario} on {nproc} process(es) failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    return [json.loads(r.read_text()) for r in reports]
+
+
+if __name__ == "__main__":  # under torchrun: workers.py SCENARIO OUT_DIR KWARGS_JSON
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    name, folder, arguments = sys.argv[1:4]
+    report: dict = {}
+    try:
+        report = SCENARIOS[name](**json.loads(arguments))
+    except Exception:
+        report = {"error": traceback.format_exc()}
+        raise
+    finally:
+        Path(folder, f"{name}-{os.environ.get('RANK', '0')}.json").write_text(json.dumps(report))
+        if dist.is_initialized():
+            dist.destroy_process_group()
