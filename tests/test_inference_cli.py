@@ -16,6 +16,7 @@ import torch
 
 from tests.conftest import EXAMPLES, REPO
 from wan.cli import inference as cli
+from wan.cli import validation
 
 # The original inference.py's flags (PIPELINE.md §2): name -> (type, default). seed and
 # sample_steps had default None (and crashed); ours default to 42 and 50.
@@ -216,7 +217,7 @@ def test_default_config_path_is_the_shipped_yaml(valid_argv):
 
 def test_missing_default_config_names_it(valid_argv, monkeypatch, tmp_path):
     args = cli.parse_args([a for a in valid_argv if not a.startswith("--config_path")])
-    monkeypatch.setattr(cli, "DEFAULT_CONFIG", tmp_path / "deepspeed_config" / "wan2.1" / "wan_civitai.yaml")  # a checkout without it
+    monkeypatch.setattr(validation, "DEFAULT_CONFIG", tmp_path / "deepspeed_config" / "wan2.1" / "wan_civitai.yaml")  # a checkout without it
     with pytest.raises(cli.InferenceArgumentError, match="--config_path.*wan_civitai.yaml"):
         cli.validate(args, check_checkpoints=False)
 
@@ -323,7 +324,9 @@ class FakePipeline:
         return types.SimpleNamespace(videos=t.clone())
 
 
-def test_main_runs_pipeline_and_writes_video_with_audio(valid_argv, tmp_path, monkeypatch, no_checkpoint_check):
+@pytest.fixture
+def fake_loader(monkeypatch):
+    """``wan.pipelines.load_pipeline`` replaced by FakePipeline; the dict gets the pipeline it made."""
     made = {}
 
     def load_pipeline(path, **kwargs):
@@ -331,6 +334,11 @@ def test_main_runs_pipeline_and_writes_video_with_audio(valid_argv, tmp_path, mo
         return made["pipe"]
 
     monkeypatch.setitem(sys.modules, "wan.pipelines", types.SimpleNamespace(load_pipeline=load_pipeline))
+    return made
+
+
+def test_main_runs_pipeline_and_writes_video_with_audio(valid_argv, tmp_path, fake_loader, no_checkpoint_check):
+    made = fake_loader
     argv = [*valid_argv, "--width=64", "--height=32", "--save_intermediate", "--sample_steps=3", "--seed=5"]
     assert cli.main(argv) == 0
     pipe = made["pipe"]
@@ -348,14 +356,8 @@ def test_main_runs_pipeline_and_writes_video_with_audio(valid_argv, tmp_path, mo
     assert frames[0].mean() < 5 and frames[-1].mean() > 250  # the fake's ramp from black to white
 
 
-def test_solver_and_lora_flags_reach_the_pipeline(valid_argv, tmp_path, monkeypatch, no_checkpoint_check):
-    made = {}
-
-    def load_pipeline(path, **kwargs):
-        made["pipe"] = FakePipeline(path=path, **kwargs)
-        return made["pipe"]
-
-    monkeypatch.setitem(sys.modules, "wan.pipelines", types.SimpleNamespace(load_pipeline=load_pipeline))
+def test_solver_and_lora_flags_reach_the_pipeline(valid_argv, tmp_path, fake_loader, no_checkpoint_check):
+    made = fake_loader
     for name in ("a.safetensors", "b.safetensors"):
         (tmp_path / name).write_bytes(b"")
     loras = [f"--lora_path={tmp_path / 'a.safetensors'}:0.5", f"--lora_path={tmp_path / 'b.safetensors'}"]

@@ -203,7 +203,7 @@ def _check_layout(layout: str, gpus: int, size: str, tmp_path, tiny_checkpoints,
     from tests.distributed.workers import _diff, torchrun
 
     reports = torchrun("layout_latents", tmp_path, gpus, layout=layout, out=str(tmp_path), **_size_kwargs(size, tiny_checkpoints))
-    got, want = torch.load(tmp_path / f"{layout}.pt"), single_process_latents(size)
+    got, want = torch.load(tmp_path / f"{layout}.pt", weights_only=True), single_process_latents(size)
     ulysses, ring, _, _ = degrees(layout, gpus, 12)
     assert len({r["checksum"] for r in reports}) == 1, f"ranks hold different latents: {reports}"
     assert all((r["usp_calls"] > 0) == (ulysses * ring > 1) for r in reports), reports
