@@ -2,13 +2,15 @@
 
     python bench/profile_step.py                       # H100, 1.3B, 480x832x81, CFG batch 3, bf16
     python bench/profile_step.py --tiny                # CPU smoke test
+    python bench/profile_step.py --variants faithful,fast --breakdown faithful,fast   # issue 14
 
 Prints JSON lines:
 * ``matmul_ceiling``: achieved bf16 TFLOP/s of a large GEMM on this card (the MFU denominator);
 * ``variant``: median step time / peak memory / model FLOP utilisation for each lever combination,
   and the rel. L2 distance of its output to the baseline output (same inputs, same weights);
-* ``breakdown``: CUDA kernel time of one step split into attention, GEMM and everything else,
-  for the baseline and the fastest variant.
+* ``breakdown``: CUDA kernel time of one step split into attention, GEMM, FP8 quantisation passes
+  and everything else, for the baseline and the fastest variant (or the ``--breakdown`` list), with
+  the ``--top`` kernels by time (``top_kernels``: name, ms per step, calls).
 """
 
 from __future__ import annotations
@@ -23,15 +25,30 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import emit, peak_gib, reset_peak, timed  # noqa: E402
 from bench.dit_step import build, cfg_inputs  # noqa: E402
-from wan.models.attention import set_sdpa_kernel  # noqa: E402
+from wan.models.attention import set_attention_backend, set_sdpa_kernel  # noqa: E402
 
-VARIANTS = {  # name: (sdpa kernel, regional compile)
-    "baseline": ("auto", False),
-    "cudnn": ("cudnn", False),
-    "flash": ("flash", False),
-    "compile": ("auto", True),
-    "cudnn+compile": ("cudnn", True),
+VARIANTS = {  # name: (sdpa kernel, regional compile, attention backend, --fast)
+    "baseline": ("auto", False, "sdpa_unmasked", False),
+    "cudnn": ("cudnn", False, "sdpa_unmasked", False),
+    "flash": ("flash", False, "sdpa_unmasked", False),
+    "compile": ("auto", True, "sdpa_unmasked", False),
+    "cudnn+compile": ("cudnn", True, "sdpa_unmasked", False),
+    "fa3": ("auto", False, "fa3", False),
+    "faithful": ("auto", True, "auto", False),  # the GPU default (compiled blocks, fa3 where installed)
+    "fast": ("auto", True, "auto", True),  # --fast: FP8 matmuls + FP8 attention
 }
+QUANT_MARKERS = ("amax", "float8", "fp8", "e4m3", "quant", "scale")
+
+
+def kernel_category(name: str) -> str:
+    name = name.lower()
+    if any(s in name for s in ("flash", "fmha", "attention", "sdpa", "cudnn_generated_fort_native_sdpa")):
+        return "attention"
+    if any(s in name for s in ("gemm", "cutlass", "xmma", "nvjet", "matmul", "sm90_", "scaled_mm")):
+        return "gemm"
+    if any(s in name for s in QUANT_MARKERS):
+        return "quantise"
+    return "other"
 
 
 def step_flops(model, inputs) -> float:
@@ -53,28 +70,52 @@ def matmul_ceiling(device) -> float:
     return 2 * 8192**3 / m
 
 
-def breakdown(model, inputs, device) -> dict[str, float]:
+def setup(name: str, tiny: bool, device, dtype):
+    """A fresh model with variant ``name``'s levers switched on."""
+    kernel, compiled, backend, fast = VARIANTS[name]
+    torch.compiler.reset()
+    model = build("1.3B", 2 if tiny else None, device, dtype)
+    set_sdpa_kernel(kernel)
+    set_attention_backend(backend)
+    if compiled:
+        from wan.runtime.compile_cache import configure_compile_cache
+
+        configure_compile_cache()
+        model.compile_blocks()
+    if fast:
+        from wan.runtime.fast import disable_fast_attention, enable_fast_mode
+
+        disable_fast_attention()
+        print("fast mode:", enable_fast_mode(model, device).describe(), flush=True)
+    else:
+        from wan.runtime.fast import disable_fast_attention
+
+        disable_fast_attention()
+    return model
+
+
+def breakdown(model, inputs, device, top: int = 0) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16), profile(activities=[ProfilerActivity.CUDA]) as prof:
         model(**inputs)
         torch.cuda.synchronize()
-    cats = {"attention": 0.0, "gemm": 0.0, "other": 0.0}
+    cats = {"attention": 0.0, "gemm": 0.0, "quantise": 0.0, "other": 0.0}
+    kernels = []
     for evt in prof.key_averages():
         t = getattr(evt, "self_device_time_total", None)
         if t is None:
             t = getattr(evt, "self_cuda_time_total", 0.0)
         if not t:
             continue
-        name = evt.key.lower()
-        if any(s in name for s in ("flash", "fmha", "attention", "sdpa", "cudnn_generated_fort_native_sdpa")):
-            cats["attention"] += t
-        elif any(s in name for s in ("gemm", "cutlass", "xmma", "nvjet", "matmul", "sm90_")):
-            cats["gemm"] += t
-        else:
-            cats["other"] += t
+        cats[kernel_category(evt.key)] += t
+        kernels.append((t, evt.key, evt.count))
     total = sum(cats.values())
-    return {k: round(v / 1e6, 3) for k, v in cats.items()} | {"total_s": round(total / 1e6, 3)}
+    row = {k: round(v / 1e6, 3) for k, v in cats.items()} | {"total_s": round(total / 1e6, 3)}
+    if top:
+        kernels.sort(reverse=True)
+        row["top_kernels"] = [[name[:160], round(t / 1e3, 2), n] for t, name, n in kernels[:top]]
+    return row
 
 
 def main() -> None:
@@ -83,7 +124,10 @@ def main() -> None:
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--tiny", action="store_true")
+    p.add_argument("--breakdown", default="", help="variants to profile kernel by kernel (default: baseline and the fastest)")
+    p.add_argument("--top", type=int, default=25, help="kernels listed per breakdown")
     args = p.parse_args()
+    profiled = [v for v in args.breakdown.split(",") if v]
     device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     h, w = (64, 64) if args.tiny else map(int, args.size.split("x"))
@@ -95,12 +139,7 @@ def main() -> None:
     reference = None
     best: tuple[float, str] | None = None  # (median, name) of the fastest lever
     for name in args.variants.split(","):
-        kernel, compiled = VARIANTS[name]
-        torch.compiler.reset()
-        model = build("1.3B", 2 if args.tiny else None, device, dtype)
-        set_sdpa_kernel(kernel)
-        if compiled:
-            model.compile_blocks()
+        model = setup(name, args.tiny, device, dtype)
 
         def step():
             with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
@@ -118,21 +157,18 @@ def main() -> None:
             row["mfu"] = round(step_flops(model, inputs) / median / ceiling, 3)
             row["tflops_achieved"] = round(step_flops(model, inputs) / median / 1e12, 1)
         emit(**row)
-        if device == "cuda" and name == "baseline":
-            emit(bench="breakdown", variant=name, **breakdown(model, inputs, device))
+        if device == "cuda" and (name in profiled or (not profiled and name == "baseline")):
+            emit(bench="breakdown", variant=name, size=row["size"], **breakdown(model, inputs, device, args.top))
         elif best is None or median < best[0]:
             best = (median, name)
         del model, out  # one model alive at a time: each variant's peak is its own
-    if device == "cuda" and best is not None:
-        kernel, compiled = VARIANTS[best[1]]
-        model = build("1.3B", None, device, dtype)
-        set_sdpa_kernel(kernel)
-        if compiled:
-            model.compile_blocks()
+    if device == "cuda" and best is not None and not profiled:
+        model = setup(best[1], False, device, dtype)
         with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16):
             model(**inputs)  # compile outside the profiled step
-        emit(bench="breakdown", variant=best[1], **breakdown(model, inputs, device))
+        emit(bench="breakdown", variant=best[1], size=f"{h}x{w}x{frames}", **breakdown(model, inputs, device, args.top))
     set_sdpa_kernel("auto")
+    set_attention_backend("auto")
 
 
 if __name__ == "__main__":
