@@ -141,7 +141,7 @@ def main() -> None:
     for name in args.variants.split(","):
         model = setup(name, args.tiny, device, dtype)
 
-        def step():
+        def step(model=model):
             with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
                 return model(**inputs)
 
