@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import emit, peak_gib, reset_peak, timed  # noqa: E402
 from bench.dit_step import build, cfg_inputs  # noqa: E402
+from wan.models.attention import quantize_fp8 as _QUANTIZE_FP8  # noqa: E402
 from wan.models.attention import set_attention_backend, set_sdpa_kernel  # noqa: E402
 
 VARIANTS = {  # name: (sdpa kernel, regional compile, attention backend, --fast)
@@ -36,6 +37,10 @@ VARIANTS = {  # name: (sdpa kernel, regional compile, attention backend, --fast)
     "fa3": ("auto", False, "fa3", False),
     "faithful": ("auto", True, "auto", False),  # the GPU default (compiled blocks, fa3 where installed)
     "fast": ("auto", True, "auto", True),  # --fast: FP8 matmuls + FP8 attention
+    # experiments on --fast's quantisation passes (see setup()):
+    "fast-noemulate": ("auto", True, "auto", True),  # inductor's emulate_precision_casts off
+    "fast-amax2": ("auto", True, "auto", True),  # q/k/v amax in two stages (per token, then per head)
+    "fast-both": ("auto", True, "auto", True),
 }
 QUANT_MARKERS = ("amax", "float8", "fp8", "e4m3", "quant", "scale")
 
@@ -70,6 +75,14 @@ def matmul_ceiling(device) -> float:
     return 2 * 8192**3 / m
 
 
+def _quantize_fp8_two_stage(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """As wan.models.attention.quantize_fp8, the amax taken per token first (parallel), then per head."""
+    from wan.models.attention import FP8_MAX
+
+    scale = x.abs().amax(dim=3).amax(dim=1).float().clamp(min=1e-12) / FP8_MAX
+    return (x.float() / scale[:, None, :, None]).to(torch.float8_e4m3fn), scale
+
+
 def setup(name: str, tiny: bool, device, dtype):
     """A fresh model with variant ``name``'s levers switched on."""
     kernel, compiled, backend, fast = VARIANTS[name]
@@ -87,6 +100,12 @@ def setup(name: str, tiny: bool, device, dtype):
 
         disable_fast_attention()
         print("fast mode:", enable_fast_mode(model, device).describe(), flush=True)
+        import torch._inductor.config as inductor_config
+
+        import wan.models.attention as attention
+
+        inductor_config.emulate_precision_casts = name not in ("fast-noemulate", "fast-both") or not compiled
+        attention.quantize_fp8 = _quantize_fp8_two_stage if name in ("fast-amax2", "fast-both") else _QUANTIZE_FP8
     else:
         from wan.runtime.fast import disable_fast_attention
 
