@@ -79,6 +79,30 @@ def test_forward_rows_equal_the_rows_of_the_full_batch():
             torch.testing.assert_close(model(**tiny_inputs(), rows=rows), full[rows], rtol=1e-5, atol=1e-6)
 
 
+def test_yunchang_gets_the_npu_name_xfuser_imports(monkeypatch):
+    """xfuser 0.7.0's ring package does ``from yunchang.ring.utils import RingComm,
+    update_out_and_lse, update_npu_out``; no released yunchang has the last name, which broke every
+    sequence-parallel layout on the first 2-GPU run. The patch makes that import work and the
+    stand-in refuses to run."""
+    import yunchang.ring.utils as ring_utils
+
+    from wan.distributed.sequence_parallel import patch_yunchang_for_xfuser
+
+    xfuser_import = "from yunchang.ring.utils import RingComm, update_out_and_lse, update_npu_out"
+    if hasattr(ring_utils, "update_npu_out"):
+        monkeypatch.delattr(ring_utils, "update_npu_out")  # a yunchang that already has it: test the patch anyway
+    with pytest.raises(ImportError, match="update_npu_out"):
+        exec(xfuser_import, {})
+    monkeypatch.setattr(ring_utils, "update_npu_out", None, raising=False)  # undone by monkeypatch at the end
+    monkeypatch.delattr(ring_utils, "update_npu_out")
+    assert patch_yunchang_for_xfuser() is True
+    namespace: dict = {}
+    exec(xfuser_import, namespace)
+    with pytest.raises(RuntimeError, match="Ascend NPU"):
+        namespace["update_npu_out"]()
+    assert patch_yunchang_for_xfuser() is False  # idempotent: a real or patched name is left alone
+
+
 def test_sequence_parallel_needs_torchrun():
     from wan.distributed.runtime import setup_parallel
 

@@ -120,8 +120,29 @@ class SequenceParallel:
 # ---------------------------------------------------------------------------------------------
 
 
+def _npu_only(*_args, **_kwargs):
+    raise RuntimeError("yunchang.ring.utils.update_npu_out is Ascend NPU ring attention, which this yunchang release does not ship")
+
+
+def patch_yunchang_for_xfuser() -> bool:
+    """Let xfuser 0.6/0.7 build its ring attention with a released yunchang (0.6.4 and older).
+
+    xfuser's ``long_ctx_attention.ring`` package imports ``update_npu_out`` from
+    ``yunchang.ring.utils`` for its Ascend NPU kernel; no yunchang on PyPI defines it, so
+    ``xFuserLongContextAttention()`` failed with an ImportError on the first real 2-GPU run
+    (H200 x2, 2026-11-29). The name is only used on NPUs: where it is missing, a stand-in that
+    raises if ever called is put in its place. Returns whether the stand-in was installed."""
+    import yunchang.ring.utils as ring_utils
+
+    if hasattr(ring_utils, "update_npu_out"):
+        return False
+    ring_utils.update_npu_out = _npu_only
+    return True
+
+
 def _import_xfuser():
     try:
+        patch_yunchang_for_xfuser()
         import xfuser.core.distributed as xdist
         from xfuser.core.long_ctx_attention import xFuserLongContextAttention
     except Exception as exc:  # ImportError, or xfuser's own errors when CUDA is missing
