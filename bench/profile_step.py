@@ -42,11 +42,16 @@ VARIANTS = {  # name: (sdpa kernel, regional compile, attention backend, --fast)
     "fast-amax2": ("auto", True, "auto", True),  # q/k/v amax in two stages (per token, then per head)
     "fast-both": ("auto", True, "auto", True),
 }
-QUANT_MARKERS = ("amax", "float8", "fp8", "e4m3", "quant", "scale")
+QUANT_MARKERS = ("amax", "float8", "fp8", "e4m3", "quant", "clamp_div")
 
 
 def kernel_category(name: str) -> str:
+    """attention / gemm / quantise / other. Inductor's fused Triton kernels are named after every op
+    they absorbed (``triton_red_fused__scaled_mm__to_copy_abs_amax_...``): never a matmul or an
+    attention kernel themselves, they count as quantisation passes when they compute FP8 scales."""
     name = name.lower()
+    if name.startswith("triton_"):
+        return "quantise" if any(s in name for s in QUANT_MARKERS) else "other"
     if any(s in name for s in ("flash", "fmha", "attention", "sdpa", "cudnn_generated_fort_native_sdpa")):
         return "attention"
     if any(s in name for s in ("gemm", "cutlass", "xmma", "nvjet", "matmul", "sm90_", "scaled_mm")):
