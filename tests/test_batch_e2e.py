@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import EXAMPLES, REPO
 from tests.distributed.workers import free_port
-from wan.cli import batch
+from wan.cli import batch, generation
 from wan.cli import inference as cli
 
 SECONDS = {"a0": 0.5, "a1": 1.0, "a2": 0.3, "a3": 0.6}
@@ -159,10 +159,13 @@ def test_an_interrupted_job_resumes_from_its_saved_steps(setup, tmp_path, monkey
     monkeypatch.setattr(resume.StepSaver, "__call__", saved)
 
     started = []
-    generate = cli.generate
-    monkeypatch.setattr(
-        cli, "generate", lambda pipe, a, video, point, writer: started.append(point.start_step) or generate(pipe, a, video, point, writer)
-    )
+    generate = generation.generate  # what wan.cli.batch calls for each job
+
+    def recording(pipe, a, video, point, writer):
+        started.append(point.start_step)
+        return generate(pipe, a, video, point, writer)
+
+    monkeypatch.setattr(generation, "generate", recording)
     assert cli.main([*args, f"--output_dir={tmp_path / 'cut'}", "--resume"]) == 0
     assert started == [1] and not state.exists()
     assert np.array_equal(frames(tmp_path / "cut" / "job.mp4"), frames(tmp_path / "whole" / "job.mp4"))

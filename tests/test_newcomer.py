@@ -169,3 +169,30 @@ def test_writing_video_bar_knows_the_total(tmp_path, monkeypatch):
             "--height=32", "--save_every=0", "--transformer_path=t", "--pretrained_wav2vec_path=w", "--config_path=c"]  # fmt: skip
     assert cli.main(argv) == 0
     assert totals == [25]
+
+
+@pytest.mark.parametrize("batch", [False, True], ids=["single", "batch"])
+def test_base_only_warning_is_said_once(tiny_folder, tmp_path, monkeypatch, caplog, batch):
+    """Without --transformer_path the 'base DiT alone' warning appears once per run: the weight check before
+    loading (which runs the DiT loader on the meta device) stays quiet, the real load says it."""
+    import json
+
+    from wan.cli import generation
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.setattr(generation, "generate", lambda pipe, args, video, resume, writer: None)  # everything up to the sampling
+    reference, audio = REPO / "examples/case-2/reference.png", REPO / "examples/case-2/audio.wav"
+    argv = [f"--{k}={v}" for k, v in tiny_folder.items() if k != "transformer_path"]
+    argv += [f"--output_dir={tmp_path / 'out'}", "--width=32", "--height=32", "--clip_sample_n_frames=17", "--overlap_window_length=3",
+             "--sample_steps=1", "--device=cpu"]  # fmt: skip
+    if batch:
+        (tmp_path / "jobs.jsonl").write_text(json.dumps({"reference": str(reference), "audio": str(audio), "output_name": "one"}) + "\n")
+        argv.append(f"--batch_file={tmp_path / 'jobs.jsonl'}")
+    else:
+        argv += [f"--validation_reference_path={reference}", f"--validation_driven_audio_path={audio}"]
+    with caplog.at_level(logging.INFO):
+        assert cli.main(argv) == 0
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and "No --transformer_path" in r.getMessage()]
+    assert len(said) == 1, said
+    assert "loading the DiT" in caplog.text  # the pipeline was loaded, so the one warning is the loader's

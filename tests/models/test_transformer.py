@@ -225,6 +225,12 @@ def test_base_only_warns_once_and_zero_audio(tmp_path, tiny_model, caplog):
         model = _load_tiny(base_dir, None)
     assert sum("No --transformer_path" in r.message for r in caplog.records) == 1
     assert all(b.cross_attn.k_vocal.weight.abs().sum() == 0 for b in model.blocks)
+    caplog.clear()
+    from wan.models.loading import WeightsMatch, check_only
+
+    with caplog.at_level(logging.WARNING), check_only(), torch.device("meta"), pytest.raises(WeightsMatch):
+        _load_tiny(base_dir, None)  # the weight check before a load: the load says it, not the check
+    assert not any("No --transformer_path" in r.message for r in caplog.records)
 
 
 def test_missing_base_file_names_download(tmp_path):

@@ -81,7 +81,7 @@ class CLI:
     reproducible from run to run even for equal frames, so the frames are compared, not the file)."""
 
     def __init__(self, tiny_folder, monkeypatch):
-        from wan.cli import inference
+        from wan.cli import generation, inference
         from wan.pipelines.pipeline_stableavatar import StableAvatarPipeline
 
         self.main, self.oom_at, self.steps, self.latents, self.frames = inference.main, None, [], None, []
@@ -90,7 +90,7 @@ class CLI:
             f"--validation_driven_audio_path={EXAMPLES / 'case-2' / 'audio.wav'}",
             "--width=32", "--height=32", "--clip_sample_n_frames=17", "--overlap_window_length=3", f"--sample_steps={STEPS}", "--device=cpu",
         ]  # fmt: skip
-        plain_predict, plain_call, plain_chunks = StableAvatarPipeline.predict_windows, StableAvatarPipeline.__call__, inference._uint8_chunks
+        plain_predict, plain_call, plain_chunks = StableAvatarPipeline.predict_windows, StableAvatarPipeline.__call__, generation._uint8_chunks
 
         def predict(pipe, latents_all, t, windows, cond, progress=None):
             step = pipe.scheduler.timesteps.tolist().index(float(t))
@@ -112,7 +112,7 @@ class CLI:
         monkeypatch.delenv("WORLD_SIZE", raising=False)
         monkeypatch.setattr(StableAvatarPipeline, "predict_windows", predict)
         monkeypatch.setattr(StableAvatarPipeline, "__call__", call)
-        monkeypatch.setattr(inference, "_uint8_chunks", chunks)
+        monkeypatch.setattr(generation, "_uint8_chunks", chunks)  # generate() looks it up where it lives
         monkeypatch.setattr("wan.audio.load_audio", lambda path, *a, **k: _short_audio())
         monkeypatch.setattr("wan.pipelines.pipeline_stableavatar.load_audio", lambda path, *a, **k: _short_audio())
 

@@ -12,13 +12,13 @@ All GPUs of a node, or of several nodes (``batch_inference.sh`` has both launch 
 How it works, top to bottom (``run_batch``):
 
 1. ``read_jobs``: every line of the file becomes a ``Job``: the global flags with the line's fields
-   on top. Each job is checked with ``inference.validate`` before any model loads; every problem is
+   on top. Each job is checked with ``validation.validate`` before any model loads; every problem is
    printed at once with its line number, and the batch goes on with the good jobs.
 2. ``shard``: the ranks form groups of ``--gpus_per_job`` consecutive ranks (default ulysses x
    ring: one GPU per video). The jobs go to the groups longest first, each to the group with the
    least work so far (audio seconds x pixels x steps). Every rank computes the same split from the
    files alone: no message is needed.
-3. Each group loads the pipeline once and makes its videos in turn (``inference.generate``, the
+3. Each group loads the pipeline once and makes its videos in turn (``generation.generate``, the
    single-video path): ``<output_dir>/<output_name>.mp4``, written atomically. A video that exists
    complete is skipped; a job that fails (unreadable input, bad size, out of memory) is recorded
    with its reason and the next one starts. With ``--save_every`` each job saves its latents to
@@ -45,7 +45,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from wan.cli import inference as cli
+from wan.cli import generation, validation
+from wan.cli.args import DEFAULT_CONFIG, InferenceArgumentError
 
 logger = logging.getLogger("wan.batch")
 
@@ -117,7 +118,7 @@ def _rows(path: Path) -> list[tuple[int, dict | str]]:
                     rows.append((reader.line_num, fields))
             return rows
     if suffix != ".jsonl":
-        raise cli.InferenceArgumentError(f"--batch_file {path}: use a .jsonl (one JSON object per line) or a .csv with a header row")
+        raise InferenceArgumentError(f"--batch_file {path}: use a .jsonl (one JSON object per line) or a .csv with a header row")
     rows = []
     for number, text in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not text.strip() or text.lstrip().startswith("#"):
@@ -173,13 +174,13 @@ def audio_seconds(path: str) -> float:
 
 
 def read_jobs(args: argparse.Namespace) -> list[Job]:
-    """Every job of ``args.batch_file``, each validated with ``inference.validate`` (no model is loaded).
+    """Every job of ``args.batch_file``, each validated with ``validation.validate`` (no model is loaded).
 
     Raises ``InferenceArgumentError`` when the file itself cannot be used; a bad line is a job with
     ``error`` set."""
     path = Path(args.batch_file)
     if not path.is_file():
-        raise cli.InferenceArgumentError(f"--batch_file: {path} not found")
+        raise InferenceArgumentError(f"--batch_file: {path} not found")
     jobs: list[Job] = []
     for number, fields in _rows(path):
         if isinstance(fields, str):
@@ -187,7 +188,7 @@ def read_jobs(args: argparse.Namespace) -> list[Job]:
             continue
         try:
             job_args = _job_args(args, fields, path.parent)
-            cli.validate(job_args, check_checkpoints=False)
+            validation.validate(job_args, check_checkpoints=False)
             name = _output_name(fields, job_args)
             seconds = audio_seconds(job_args.validation_driven_audio_path)
         except (ValueError, OSError) as err:  # InferenceArgumentError is a ValueError; av errors are OSErrors
@@ -195,7 +196,7 @@ def read_jobs(args: argparse.Namespace) -> list[Job]:
             continue
         jobs.append(Job(number, name, job_args, cost=seconds * job_args.width * job_args.height * job_args.sample_steps))
     if not jobs:
-        raise cli.InferenceArgumentError(f"--batch_file {path} holds no jobs")
+        raise InferenceArgumentError(f"--batch_file {path} holds no jobs")
     lines: dict[str, list[int]] = {}
     for job in jobs:
         if job.error is None:
@@ -211,27 +212,27 @@ def validate_batch(args: argparse.Namespace) -> list[Job]:
     """The global checks (flags that only make sense for one video, the process layout, the weight
     files: once, not per job), then the jobs. Raises ``InferenceArgumentError``."""
     if args.save_intermediate:
-        raise cli.InferenceArgumentError("--save_intermediate writes fixed file names, one video per folder: not with --batch_file")
+        raise InferenceArgumentError("--save_intermediate writes fixed file names, one video per folder: not with --batch_file")
     degree = args.ulysses_degree * args.ring_degree
     per_job = args.gpus_per_job or degree
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if per_job < 1 or per_job % degree or world % per_job:
-        raise cli.InferenceArgumentError(
+        raise InferenceArgumentError(
             f"--gpus_per_job={per_job} must be a multiple of --ulysses_degree x --ring_degree = {degree} and divide the "
             f"{world} process(es) torchrun started (e.g. torchrun --nproc_per_node={max(per_job, degree)})"
         )
     if not args.output_dir:
-        raise cli.InferenceArgumentError("--output_dir is required: the folder that receives the videos and results.jsonl")
+        raise InferenceArgumentError("--output_dir is required: the folder that receives the videos and results.jsonl")
     jobs = read_jobs(args)
     from wan.models.loading import CheckpointError
     from wan.pipelines.loading import checked_checkpoints
 
     if args.config_path is None:
-        args.config_path = str(cli.DEFAULT_CONFIG)
+        args.config_path = str(DEFAULT_CONFIG)
     try:
         checked_checkpoints(args.pretrained_model_name_or_path, args.transformer_path, args.pretrained_wav2vec_path, args.config_path)
     except (CheckpointError, OSError, ValueError) as err:
-        raise cli.InferenceArgumentError(str(err)) from None
+        raise InferenceArgumentError(str(err)) from None
     return jobs
 
 
@@ -294,10 +295,10 @@ def run_job(pipe, job: Job, out_dir: Path, writer: bool, rank: int) -> Result:
     args = copy.copy(job.args)
     args.resume = args.resume and state.is_file()  # --resume continues the jobs that were interrupted, quietly starts the rest
     try:
-        resume = cli.resume_point(args, state, writer)
+        resume = generation.resume_point(args, state, writer)
         if writer:
             pipe.set_progress_bar_config(desc=job.name)
-        written = cli.generate(pipe, args, video, resume, writer)
+        written = generation.generate(pipe, args, video, resume, writer)
     except Exception as err:  # noqa: BLE001 - one bad job must not end the batch
         if not isinstance(err, (GPUOutOfMemoryError, ResumeMismatchError)):  # the message says it all for these two
             logger.error("%s (line %d) failed:\n%s", job.name, job.line, traceback.format_exc())
@@ -408,7 +409,7 @@ def run_batch(args: argparse.Namespace) -> int:
     rank = int(os.environ.get("RANK", "0"))
     try:
         jobs = validate_batch(args)
-    except cli.InferenceArgumentError as err:
+    except InferenceArgumentError as err:
         print(f"inference.py: error: {err}", file=sys.stderr)
         return 2
     bad = [j for j in jobs if j.error is not None]
@@ -427,7 +428,7 @@ def run_batch(args: argparse.Namespace) -> int:
     if rank == 0:
         logger.info("%d jobs (%d runnable) over %d group(s) of %d process(es)", len(jobs), len(jobs) - len(bad), num_groups, per_job)
 
-    pipe = cli.load(args, ranks_per_job=per_job)
+    pipe = generation.load(args, ranks_per_job=per_job)
     board = Board(num_groups)
     progress = Progress(board, total=len(jobs), already=len(bad), enabled=rank == 0)
     results = []

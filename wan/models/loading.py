@@ -42,6 +42,11 @@ def check_only() -> Iterator[None]:
         _CHECK_ONLY.reset(token)
 
 
+def checking_only() -> bool:
+    """Whether a ``check_only()`` block is running: loaders keep quiet about what they would load."""
+    return _CHECK_ONLY.get()
+
+
 def require_file(path: str | os.PathLike, what: str = "checkpoint file") -> Path:
     """Return ``path`` as a Path, or raise FileNotFoundError naming it and its download command."""
     path = Path(path)

@@ -38,7 +38,7 @@ from wan.constants import CLIP_DIM, CLIP_TOKENS
 
 from .attention import attention, prepare_attention
 from .audio_adapter import AudioAdapter
-from .loading import CheckpointError, download_hint, load_into, load_state_dict_file, load_state_dict_files, require_file
+from .loading import CheckpointError, checking_only, download_hint, load_into, load_state_dict_file, load_state_dict_files, require_file
 from .layers import MLPProj, WanLayerNorm, WanRMSNorm, rope_angles, rope_apply, rope_cos_sin, sinusoidal_embedding_1d
 
 logger = logging.get_logger(__name__)
@@ -524,10 +524,11 @@ def load_transformer(
         if still_empty:
             raise CheckpointError(f"{source} + {transformer_path} leave {len(still_empty)} parameters unset: {still_empty[:10]}")
     else:
-        logger.warning(
-            "No --transformer_path: loading the Wan base DiT alone; the audio adapter and k_vocal/v_vocal keep their "
-            "initial values (zero audio attention). Pass StableAvatar-1.3B/transformer3d-square.pt for talking videos."
-        )
+        if not checking_only():  # inference.py checks the weights (check_only) and then loads them: say it once, on the load
+            logger.warning(
+                "No --transformer_path: loading the Wan base DiT alone; the audio adapter and k_vocal/v_vocal keep their "
+                "initial values (zero audio attention). Pass StableAvatar-1.3B/transformer3d-square.pt for talking videos."
+            )
         model = nn.Module.to(WanAvatarTransformer3DModel(**config), dtype=dtype)
         audio_keys = tuple(k for k in model.state_dict() if _is_audio_key(k))
         load_into(model, state, source, strict=strict, allow_missing=audio_keys)
