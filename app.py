@@ -45,7 +45,7 @@ def build_demo(service: AvatarService, language: str = "English"):
 
     def generate(memory_mode, teacache_threshold, teacache_skip, clip_length, image, audio, prompt, negative_prompt,
                  width, height, steps, text_scale, audio_scale, overlap, seed, solver, shift, lora_file, lora_scale,
-                 progress=gr.Progress()):  # fmt: skip
+                 progress=gr.Progress()):  # noqa: B008 (a gr.Progress() default is Gradio's documented progress-tracking pattern)  # fmt: skip
         request = GenerateRequest(
             image=image, audio=audio, prompt=prompt, negative_prompt=negative_prompt, width=width, height=height,
             steps=steps, text_guide_scale=text_scale, audio_guide_scale=audio_scale, clip_length=clip_length,

@@ -109,7 +109,7 @@ def main() -> None:
             inputs = cfg_inputs(h, w, frames, device, dtype, audio_tokens=33 if args.tiny else 167)
             reset_peak()
 
-            def step():
+            def step(inputs=inputs):
                 with torch.no_grad(), torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=device == "cuda"):
                     return model(**inputs)
 

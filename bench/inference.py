@@ -103,7 +103,7 @@ def run_case(pipe, height: int, width: int, frames: int, steps: int, total_steps
         wrote_mp4 = False
     sync()
     end = time.perf_counter()
-    gaps = [b - a for a, b in zip(step_ends, step_ends[1:])]
+    gaps = [b - a for a, b in zip(step_ends, step_ends[1:], strict=False)]
     per_step = statistics.median(gaps) if gaps else step_ends[0] - start
     first_step = step_ends[0] - start  # includes the encoders and, cold, the compilation
     fixed = (end - start) - (step_ends[-1] - step_ends[0]) - per_step  # everything but the denoising steps

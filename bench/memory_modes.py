@@ -101,7 +101,7 @@ def measure(mode: str, args, device: torch.device) -> None:
     sync()
     s_decode = time.perf_counter() - dec_start
     peak_decode = peak_and_reset(device)
-    steps = [b - a for a, b in zip(ends, ends[1:])]
+    steps = [b - a for a, b in zip(ends, ends[1:], strict=False)]
     later = [p for p in peaks[1:] if p is not None]
     emit(
         bench="memory_modes",

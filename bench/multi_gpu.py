@@ -180,7 +180,7 @@ def worker(args: argparse.Namespace) -> None:
             pass
         sync()
         decode_s = time.perf_counter() - t0
-    steps = [b - a for a, b in zip(step_ends, step_ends[1:])]
+    steps = [b - a for a, b in zip(step_ends, step_ends[1:], strict=False)]
     per_step = statistics.median(steps) if steps else step_ends[-1] - start
     encode_s = step_ends[0] - start - per_step  # before the first step (the first step itself ~ per_step)
     peak = peak_gib()

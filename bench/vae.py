@@ -16,6 +16,7 @@ since the start of the row, weights included, 0.47 GiB in float32):
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
@@ -31,6 +32,18 @@ from wan.testing.recipe import fill_state_dict  # noqa: E402
 def build(device: str, dtype: torch.dtype, tiny: bool) -> WanVAE:
     vae = fill_state_dict(WanVAE(base_dim=8) if tiny else WanVAE()).eval().requires_grad_(False)
     return torch.nn.Module.to(vae, device=device, dtype=dtype)
+
+
+def time_row(args: argparse.Namespace, dtype_name: str, bench: str, shape: list[int], fn, **extra) -> None:
+    """Time ``fn`` (after ``args.warmup`` untimed calls) and emit one JSON row."""
+    for _ in range(args.warmup):
+        fn()
+    reset_peak()  # the peak of the timed runs only (first-call allocations excluded)
+    median, times = timed(fn, warmup=0, repeat=args.repeat)
+    peak = peak_gib()
+    emit(bench=f"vae_{bench}", dtype=dtype_name, shape=shape, median_s=round(median, 4),
+         runs_s=[round(t, 4) for t in times], peak_gib=None if peak is None else round(peak, 2),
+         **({"tiny": True} if args.tiny else {}), **extra)  # fmt: skip
 
 
 def consume_stream(vae: WanVAE, z: torch.Tensor) -> int:
@@ -68,16 +81,8 @@ def main() -> None:
     for dtype_name in args.dtypes.split(","):
         dtype = getattr(torch, dtype_name)
         vae = build(device, dtype, args.tiny)
-
-        def row(bench: str, shape: list[int], fn, **extra) -> None:
-            for _ in range(args.warmup):
-                fn()
-            reset_peak()  # the peak of the timed runs only (first-call allocations excluded)
-            median, times = timed(fn, warmup=0, repeat=args.repeat)
-            peak = peak_gib()
-            emit(bench=f"vae_{bench}", dtype=dtype_name, shape=shape, median_s=round(median, 4),
-                 runs_s=[round(t, 4) for t in times], peak_gib=None if peak is None else round(peak, 2),
-                 **({"tiny": True} if args.tiny else {}), **extra)  # fmt: skip
+        # The timed lambdas take their tensors as default arguments: the body `del`s the names to free memory.
+        row = functools.partial(time_row, args, dtype_name)
 
         z = torch.randn(1, 16, lat, h // 8, w // 8, generator=gen).to(device, dtype)
         video = (torch.rand(1, 3, frames, h, w, generator=gen) * 2 - 1).to(device, dtype)
@@ -85,23 +90,28 @@ def main() -> None:
             out = vae.decode(z)
             assert out.shape == (1, 3, frames, h, w) and torch.isfinite(out.float()).all(), "bad decode output"
             del out
-            row("decode", list(z.shape), lambda: vae.decode(z))
+            row("decode", list(z.shape), lambda vae=vae, z=z: vae.decode(z))
             if args.reference:
                 # diffusers' own loop (frame after frame, concatenated): the original's memory pattern.
-                row("decode_diffusers_loop", list(z.shape), lambda: vae.model.decode(vae.denormalize_latents(z)).sample)
+                row("decode_diffusers_loop", list(z.shape), lambda vae=vae, z=z: vae.model.decode(vae.denormalize_latents(z)).sample)
             if args.only_decode:
                 continue
-            row("encode", list(video.shape), lambda: vae.encode(video))
+            row("encode", list(video.shape), lambda vae=vae, video=video: vae.encode(video))
             del video
             long_z = torch.randn(1, 16, lat * args.long_factor, h // 8, w // 8, generator=gen).to(device, dtype)
             for zz in (z, long_z):
-                row("stream_decode", list(zz.shape), lambda zz=zz: consume_stream(vae, zz), video_frames=1 + 4 * (zz.shape[2] - 1))
-            row("decode", list(long_z.shape), lambda: vae.decode(long_z), note="one-shot, for contrast with stream_decode")
+                row("stream_decode", list(zz.shape), lambda vae=vae, zz=zz: consume_stream(vae, zz), video_frames=1 + 4 * (zz.shape[2] - 1))
+            row(
+                "decode",
+                list(long_z.shape),
+                lambda vae=vae, long_z=long_z: vae.decode(long_z),
+                note="one-shot, for contrast with stream_decode",
+            )
             del long_z
             if args.tiling:
                 size, stride = map(int, args.tile.split(","))
                 vae.enable_tiling(tile_sample_min_height=size, tile_sample_min_width=size, tile_sample_stride_height=stride, tile_sample_stride_width=stride)
-                row("decode_tiled", list(z.shape), lambda: vae.decode(z), tile_px=size, stride_px=stride)
+                row("decode_tiled", list(z.shape), lambda vae=vae, z=z: vae.decode(z), tile_px=size, stride_px=stride)
                 vae.disable_tiling()
         del vae, z
         if device == "cuda":

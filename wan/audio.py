@@ -61,7 +61,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int = WAV2VEC_SAMPLE_RATE) 
 def wav2vec_num_tokens(num_samples: int, kernels=(10, 3, 3, 3, 3, 2, 2), strides=(5, 2, 2, 2, 2, 2, 2)) -> int:
     """Tokens wav2vec2's conv stack makes from ``num_samples`` (``floor((n - k) / s) + 1`` per layer)."""
     n = num_samples
-    for k, s in zip(kernels, strides):
+    for k, s in zip(kernels, strides, strict=True):
         n = (n - k) // s + 1
     return max(n, 0)
 

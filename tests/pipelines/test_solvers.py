@@ -64,12 +64,12 @@ def test_per_window_states_equal_one_solver_on_blended_outputs(name):
         outputs = [_toy_velocity(latents[:, :, w.latent_slice], t, w) for w in windows]
         # The pipeline's loop: per-window step, then blend, no bf16 rounding.
         stepped = torch.zeros_like(latents)
-        for w, v in zip(windows, outputs):
+        for w, v in zip(windows, outputs, strict=True):
             new = per_window.step(w.index, v, t, latents[:, :, w.latent_slice])
             sw.merge_window(stepped, new, w, weights, blend=i != 0, round_to=None)
         # One solver for the whole video, fed the blended outputs.
         blended = torch.zeros_like(latents)
-        for w, v in zip(windows, outputs):
+        for w, v in zip(windows, outputs, strict=True):
             sw.merge_window(blended, v, w, weights, blend=True, round_to=None)
         reference = whole.step(blended, t, latents, return_dict=False)[0]
         if i > 0:  # step 0 overwrites instead of blending
@@ -124,7 +124,7 @@ def test_solver_accuracy_against_many_euler_steps(smooth_pipe):
     for s, e in errors.items():
         print(f"| {s} | " + " | ".join(f"{x:.4f}" for x in e) + " |")
     for s, e in errors.items():
-        assert all(a > b for a, b in zip(e, e[1:])), (s, errors)
+        assert all(a > b for a, b in zip(e, e[1:], strict=False)), (s, errors)
     assert errors["unipc"][0] / errors["unipc"][-1] > 1.1 * errors["euler"][0] / errors["euler"][-1], errors
     for s in ("unipc", "dpm++"):
-        assert all(a < b for a, b in zip(errors[s], errors["euler"])), (s, errors)
+        assert all(a < b for a, b in zip(errors[s], errors["euler"], strict=True)), (s, errors)

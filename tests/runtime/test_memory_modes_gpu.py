@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from tests.runtime.conftest import generate
-from wan.runtime.memory import MEMORY_MODES
 
 pytestmark = pytest.mark.gpu
 FP8_MIN_PSNR_DB = 28.0

@@ -1,9 +1,9 @@
 """The clip-folder dataset and the mixed-bucket loader plan."""
 
 import pytest
+import tiny
 import torch
 
-import tiny
 from wan.data.dataset import TalkingVideoDataset, prompt_for
 from wan.data.mixing import MixedAspectLoader
 

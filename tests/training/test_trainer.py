@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import tiny
 import torch
 
-import tiny
 from wan.training.checkpoint import list_checkpoints
 from wan.training.trainer import Trainer
 

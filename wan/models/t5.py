@@ -275,7 +275,7 @@ def tokenize_prompts(tokenizer, prompts: str | Sequence[str], max_length: int = 
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     enc = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True, add_special_tokens=True, return_tensors="pt")
     full = tokenizer(prompts, padding="longest", add_special_tokens=True)["input_ids"]
-    for prompt, ids in zip(prompts, full):
+    for prompt, ids in zip(prompts, full, strict=True):
         if len(ids) > max_length:
             logger.warning("prompt truncated to %d tokens (it has %d): %r", max_length, len(ids), prompt[:80])
     return enc["input_ids"].long(), enc["attention_mask"].long()
@@ -294,4 +294,4 @@ def encode_prompts(
     device = device if device is not None else encoder.device
     out = encoder(ids.to(device), attention_mask=mask.to(device))
     lengths = mask.gt(0).sum(dim=1).tolist()
-    return [row[:n] for row, n in zip(out, lengths)]
+    return [row[:n] for row, n in zip(out, lengths, strict=True)]

@@ -30,7 +30,6 @@ import torch
 import torch.nn as nn
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
-
 from diffusers.utils import logging
 
 from wan.configs import transformer_config
@@ -38,8 +37,8 @@ from wan.constants import CLIP_DIM, CLIP_TOKENS
 
 from .attention import attention, prepare_attention
 from .audio_adapter import AudioAdapter
-from .loading import CheckpointError, checking_only, download_hint, load_into, load_state_dict_file, load_state_dict_files, require_file
 from .layers import MLPProj, WanLayerNorm, WanRMSNorm, rope_angles, rope_apply, rope_cos_sin, sinusoidal_embedding_1d
+from .loading import CheckpointError, checking_only, download_hint, load_into, load_state_dict_file, load_state_dict_files, require_file
 
 logger = logging.get_logger(__name__)
 

@@ -317,7 +317,7 @@ class StableAvatarPipeline(DiffusionPipeline):
                 # (b) Left to right: solver step (each window its own state), blend with what the
                 #     previous window wrote, bf16 round.
                 prediction = torch.zeros_like(latents_all)
-                for window, velocity in zip(windows, guided):
+                for window, velocity in zip(windows, guided, strict=True):
                     stepped = solver.step(window.index, velocity, t, latents_all[:, :, window.latent_slice])
                     merge_window(prediction, stepped, window, weights, blend=i != 0, round_to=self.latent_rounding)
                 latents_all = prediction

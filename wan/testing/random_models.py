@@ -26,7 +26,7 @@ def materialize(module: nn.Module, device: torch.device | str, dtype: torch.dtyp
             p.zero_()
         else:
             p.normal_(0.0, std, generator=gen)
-    for name, b in module.named_buffers():
+    for _name, b in module.named_buffers():
         if b.is_floating_point():
             b.zero_()
     return nn.Module.to(module, dtype=dtype)

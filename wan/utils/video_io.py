@@ -24,6 +24,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -31,6 +32,9 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from wan.constants import DEFAULT_FPS
+
+if TYPE_CHECKING:  # annotations only: PyAV itself is imported on use, inside the functions
+    import av
 
 VIDEO_WITHOUT_AUDIO = "video_without_audio.mp4"
 CROPPED_AUDIO = "cropped_audio.wav"
