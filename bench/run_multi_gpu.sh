@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Runbook of the multi-GPU runs (issues 17 and 18) on a bare GPU box: one device call per line of
 # docs/multi_gpu.md "Runs still to make on real GPUs".
-#   bash bench/run_multi_gpu.sh GPUS [STAGES]        # STAGES: comma list of env,tests,e2e,bench,bench14b
+#   bash bench/run_multi_gpu.sh GPUS [STAGES]        # STAGES: comma list of env,tests,e2e,bench,bench14b,train,batchprep,batch
 #   bash bench/run_multi_gpu.sh 2 tests,e2e          # call 1 on 2 GPUs
 #   bash bench/run_multi_gpu.sh 2 bench              # call 2 on 2 GPUs
+#   bash bench/run_multi_gpu.sh 2 train              # DeepSpeed: the ZeRO-2 GPU test, then s/step + GiB of 1 GPU, ZeRO-2, ZeRO-3
+#   bash bench/run_multi_gpu.sh 2 batch              # inference.py --batch_file: jobs per hour on 1 GPU and on 2
+# `train` is train_test,train_1gpu,train_zero2,train_zero3 (each a stage of its own, also by name);
+# DS_TORCH_ADAM=1 gives the DeepSpeed runs torch's AdamW instead of the JSON's compiled Adam.
 # Logs go to $OUT/logs (packed into $OUT/logs.tgz at the end, as the device tool brings back at most
 # 8 files), bench rows to $OUT/<device>.jsonl (bench.common.record). Each stage runs under `timeout`,
 # cut to what is left of BUDGET_S (default 570 s: one call is at most 600 s).
@@ -24,12 +28,25 @@
 #       --platform manylinux_2_28_x86_64 -d /tmp/avw av==18.1.0
 #   rm -rf /tmp/avx && mkdir /tmp/avx && (cd /tmp/avx && unzip -q /tmp/avw/av-18.1.0-*.whl) && tar -cJf .carry/av.tar.xz -C /tmp/avx .
 #   git rev-parse --short=10 HEAD > .carry/COMMIT
-# Sizes: the three wheels 1.1 MB, av.tar.xz 25 MB (the wheel is 36 MB), deps.tar.xz 5.5 MB, the
-# tracked tree 30 MB: carry .whl .carry/deps.tar.xz .carry/av.tar.xz .carry/COMMIT and leave
-# .carry/fa3.tar.xz out, or the call passes the 64 MiB limit. DeepSpeed (training runs) is not covered.
+# DeepSpeed (the train stages): PyPI has only its source; built with DS_BUILD_OPS=0 it is a pure-Python
+# wheel (no op compiled: FusedAdam and DeepSpeedCPUAdam are built on the box by ninja + nvcc/g++ on
+# first use, into TORCH_EXTENSIONS_DIR). The box has its small deps (einops, msgpack, ninja, numpy,
+# packaging, psutil, py-cpuinfo, tqdm, nvidia-ml-py, accelerate) but not hjson and pydantic (+ its own):
+#   DS_BUILD_OPS=0 python3 -m pip wheel --no-deps -w /tmp/dsw deepspeed==0.19.8
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux_2_17_x86_64 -d /tmp/dsw hjson==3.1.0 pydantic==2.14.4 pydantic-core==2.50.5 \
+#       annotated-types==0.8.0 typing-inspection==0.4.5 typing-extensions==4.16.0
+#   rm -rf /tmp/dsx && mkdir /tmp/dsx && for w in /tmp/dsw/*.whl; do (cd /tmp/dsx && unzip -qo "$w"); done
+#   tar -cJf .carry/ds.tar.xz -C /tmp/dsx .
+# (typing-extensions: pydantic 2.14 needs >= 4.16.) The 7 wheels are 5.1 MB (deepspeed 2.2, pydantic-core
+# 2.3), packed as ds.tar.xz 3.2 MB; bench/device_env.sh unpacks it with the others.
+# Sizes: the three xfuser wheels 1.1 MB, av.tar.xz 25 MB (the wheel is 36 MB), deps.tar.xz 5.5 MB,
+# ds.tar.xz 3.2 MB, the tracked tree 30 MB: carry .whl .carry/deps.tar.xz .carry/av.tar.xz
+# .carry/ds.tar.xz .carry/COMMIT (64.5 MB = 61.5 MiB) and leave .carry/fa3.tar.xz out, or the call
+# passes the 64 MiB limit. The train stages need no PyAV and the batch stages no DeepSpeed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-GPUS=${1:?usage: bash bench/run_multi_gpu.sh GPUS [env,tests,e2e,bench,bench14b]}
+GPUS=${1:?usage: bash bench/run_multi_gpu.sh GPUS [env,tests,e2e,bench,bench14b,train,batchprep,batch]}
 STAGES=${2:-tests,e2e}
 BUDGET_S=${BUDGET_S:-570}
 OUT=${OUT:-$PWD/output_multi_gpu}
@@ -64,7 +81,7 @@ env_check() {
   python3 - <<'PY'
 import importlib, torch
 print("GPUs:", torch.cuda.device_count(), "torch", torch.__version__, "cuda", torch.version.cuda)
-for m in ("xfuser", "yunchang", "distvae", "av", "flash_attn", "diffusers"):
+for m in ("xfuser", "yunchang", "distvae", "av", "flash_attn", "diffusers", "accelerate", "deepspeed"):
     try:
         mod = importlib.import_module(m)
         print("  ok ", m, getattr(mod, "__version__", ""))
@@ -97,16 +114,34 @@ with av.open(str(Path(sys.argv[1], mp4s[0]))) as c:
 PY
 }
 
-export -f env_check e2e
-export GPUS
+ds_bench() {  # ds_bench CONFIG: bench/train_step.py (1.3B, 512x512, 81 frames) under DeepSpeed, one process per GPU
+  python3 -m torch.distributed.run --standalone --nproc_per_node "$GPUS" bench/train_step.py --deepspeed "$1" ${DS_TORCH_ADAM:+--torch_adam}
+}
+
+# The batch bench's random full-size weights (~20 GB) and compile cache: kept while the machine stays warm.
+BATCH=(python3 bench/batch.py --gpus "1,$GPUS" --jobs $((GPUS > 4 ? GPUS : 4)) --ckpt_dir /tmp/rnd13b)
+
+export -f env_check e2e ds_bench
+export GPUS DS_TORCH_ADAM
+export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-/tmp/torch_extensions} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+RUN=()
 for s in ${STAGES//,/ }; do
+  if [[ $s == train ]]; then RUN+=(train_test train_1gpu train_zero2 train_zero3); else RUN+=("$s"); fi
+done
+for s in "${RUN[@]}"; do
   case $s in
     env) stage env 60 env_check ;;
     tests) stage tests 540 python3 -m pytest tests/distributed/test_multi_gpu.py -m gpu -k "${GPUS}gpu- ${TESTS_K:+and $TESTS_K}" -v -p no:cacheprovider ;;
     e2e) stage e2e 180 e2e ;;
     bench) stage bench 560 python3 bench/multi_gpu.py --gpus "$GPUS" --steps "${STEPS:-3}" ${MODES:+--modes "$MODES"} --timeout "$(left)" --log_dir "$LOGS/bench" ;;
     bench14b) stage bench14b 560 python3 bench/multi_gpu.py --gpus "$GPUS" --preset 14B --steps "${STEPS:-2}" ${MODES:+--modes "$MODES"} --timeout "$(left)" --log_dir "$LOGS/bench14b" ;;
-    *) echo "unknown stage $s (env, tests, e2e, bench, bench14b)" >&2 ;;
+    train_test) stage train_test 180 python3 -m pytest tests/training/test_trainer.py -m gpu -v -s -p no:cacheprovider ;;
+    train_1gpu) stage train_1gpu 120 python3 bench/train_step.py ;;
+    train_zero2) stage train_zero2 240 ds_bench deepspeed_config/zero_stage2_config.json ;;
+    train_zero3) stage train_zero3 240 ds_bench deepspeed_config/zero_stage3_config.json ;;
+    batchprep) stage batchprep 560 "${BATCH[@]}" --variants "" ;;
+    batch) stage batch 560 "${BATCH[@]}" --variants batch ;;
+    *) echo "unknown stage $s (env, tests, e2e, bench, bench14b, train[_test,_1gpu,_zero2,_zero3], batchprep, batch)" >&2 ;;
   esac
 done
 tar -czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$LOGS"

@@ -1,4 +1,4 @@
-"""The trainer on the tiny DiT: learning, resume, LoRA, checkpoints, and ZeRO-2 over 2 processes."""
+"""The trainer on the tiny DiT: learning, resume, LoRA, checkpoints, and ZeRO-2 over 2 processes (gloo; NCCL on 2 GPUs)."""
 
 import json
 import os
@@ -102,13 +102,26 @@ def test_lora_trains_only_adapters_and_audio_and_reloads(tiny_data, tmp_path):
 
 
 def _torchrun(nproc, port, tiny_data, out, over):
+    """tiny.py under torchrun (gloo on CPU, NCCL on GPUs); the carried packages' PYTHONPATH is kept."""
+    from bench.multi_gpu import NO_MULTICAST
+
     result = out / "result.json"
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{HERE}", "OMP_NUM_THREADS": "1"}
+    path = os.pathsep.join(filter(None, [str(REPO), str(HERE), os.environ.get("PYTHONPATH")]))
+    env = {**NO_MULTICAST, **os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1", f"--master_port={port}",
            str(HERE / "tiny.py"), str(tiny_data), str(out), str(result), json.dumps(over)]
     proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return json.loads(result.read_text())
+
+
+def _zero2_json(path: Path) -> Path:
+    """ZeRO-2, fp32 (bf16 off), our AdamW (no optimizer in the JSON), clipping off (see below)."""
+    path.write_text(json.dumps({
+        "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": 1, "train_batch_size": "auto",
+        "zero_optimization": {"stage": 2}, "zero_allow_untested_optimizer": True, "bf16": {"enabled": False}, "gradient_clipping": 0.0,
+    }))
+    return path
 
 
 def test_zero2_two_processes_match_plain_one_process(tiny_data, tmp_path):
@@ -118,12 +131,46 @@ def test_zero2_two_processes_match_plain_one_process(tiny_data, tmp_path):
     run drifts from the plain one from the second update on (see docs/training.md, DeepSpeed).
     """
     pytest.importorskip("deepspeed")
-    ds_config = tmp_path / "ds.json"
-    ds_config.write_text(json.dumps({
-        "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": 1, "train_batch_size": "auto",
-        "zero_optimization": {"stage": 2}, "zero_allow_untested_optimizer": True, "bf16": {"enabled": False}, "gradient_clipping": 0.0,
-    }))
+    ds_config = _zero2_json(tmp_path / "ds.json")
     plain = make_trainer(tiny_data, tmp_path / "one", optim__max_train_steps=3, data__train_batch_size=2).fit()
     two = _torchrun(2, 29518, tiny_data, tmp_path / "two", {"optim__max_train_steps": 3, "run__deepspeed_config": str(ds_config)})
     assert two["world"] == 2
     torch.testing.assert_close(torch.tensor(two["losses"]), torch.tensor(plain), rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture
+def no_tf32():
+    """fp32 as fp32 on GPUs: cuDNN's convolutions (the patch embedding) default to TF32, whose 1e-3
+    rounding would depend on the algorithm cuDNN picks for batch 1 or 2."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason=f"needs 2 CUDA GPUs for ZeRO-2 over NCCL ({torch.cuda.device_count()} here)")
+def test_zero2_on_two_gpus_matches_one_gpu(tiny_data, tmp_path, no_tf32):
+    """The CPU test above on GPUs: ZeRO-2 over NCCL, 2 GPUs x batch 1, against plain torch on 1 GPU
+    with batch 2 (fp32, TF32 off on both sides: tiny.py's children turn it off too).
+
+    Tolerances. The first loss comes before any update: the same weights and clips, so only the
+    order of fp32 sums differs (cuBLAS/cuDNN pick kernels by batch size, NCCL averages the two
+    ranks' losses): about 1e-6 relative, asserted at rtol 1e-4. The later losses follow Adam
+    updates at lr 1e-3, which pass those differences on (m / sqrt(v) is ill-conditioned where a
+    gradient is near zero), and GPU kernels with atomics are not bit-exact from run to run:
+    asserted at rtol 1e-3. That still catches what the test is for: DeepSpeed's default clipping
+    at 1.0 moved step 3 by 2.45e-3 (docs/training.md, DeepSpeed), and a wrong data split (a rank
+    on the other rank's clip) moves the loss far more: one clip at a time, this data's first losses
+    are 0.77 and 2.35.
+    """
+    pytest.importorskip("deepspeed")
+    ds_config = _zero2_json(tmp_path / "ds.json")
+    plain_trainer = make_trainer(tiny_data, tmp_path / "one", optim__max_train_steps=3, data__train_batch_size=2)
+    assert plain_trainer.device.type == "cuda"
+    plain = plain_trainer.fit()
+    two = _torchrun(2, 29519, tiny_data, tmp_path / "two", {"optim__max_train_steps": 3, "run__deepspeed_config": str(ds_config)})
+    assert (two["world"], two["device"]) == (2, "cuda:0"), two
+    print(f"losses: 1 GPU x batch 2 {plain}, ZeRO-2 2 GPUs {two['losses']}")
+    torch.testing.assert_close(torch.tensor(two["losses"][0]), torch.tensor(plain[0]), rtol=1e-4, atol=0)
+    torch.testing.assert_close(torch.tensor(two["losses"]), torch.tensor(plain), rtol=1e-3, atol=0)

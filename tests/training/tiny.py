@@ -161,9 +161,10 @@ def run(list_file: str, output_dir: str, result: str, overrides_json: str) -> No
     losses = trainer.fit()
     if trainer.accelerator.is_main_process:
         Path(result).parent.mkdir(parents=True, exist_ok=True)
-        Path(result).write_text(json.dumps({"losses": losses, "world": trainer.accelerator.num_processes}))
+        Path(result).write_text(json.dumps({"losses": losses, "world": trainer.accelerator.num_processes, "device": str(trainer.device)}))
 
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # fp32 as fp32 (the GPU test compares)
     run(*sys.argv[1:5])
