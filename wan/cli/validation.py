@@ -36,21 +36,15 @@ def validate_solver_and_loras(args: argparse.Namespace) -> None:
 
 
 
-def _require_file(value: str | None, flag: str, what: str) -> Path:
+def _require_path(value: str | None, flag: str, what: str, folder: bool = False) -> Path:
+    """``value`` as a Path that exists (a folder with ``folder``), else an error naming ``flag``;
+    a missing checkpoint folder also says where the checkpoints come from."""
+    hint = f" ({CHECKPOINT_HELP})" if folder else ""
     if not value:
-        raise InferenceArgumentError(f"{flag} is required: the {what}")
+        raise InferenceArgumentError(f"{flag} is required: the {what}{hint}")
     path = Path(value)
-    if not path.is_file():
-        raise InferenceArgumentError(f"{flag}: {what} not found: {path}")
-    return path
-
-
-def _require_dir(value: str | None, flag: str, what: str) -> Path:
-    if not value:
-        raise InferenceArgumentError(f"{flag} is required: the {what} ({CHECKPOINT_HELP})")
-    path = Path(value)
-    if not path.is_dir():
-        raise InferenceArgumentError(f"{flag}: {what} not found: {path} ({CHECKPOINT_HELP})")
+    if not (path.is_dir() if folder else path.is_file()):
+        raise InferenceArgumentError(f"{flag}: {what} not found: {path}{hint}")
     return path
 
 
@@ -126,14 +120,14 @@ def validate(args: argparse.Namespace, check_checkpoints: bool = True) -> None:
             raise InferenceArgumentError(f"--device={args.device} but CUDA is not available here; use --device=cpu")
 
     # 2. Files.
-    _require_dir(args.pretrained_model_name_or_path, "--pretrained_model_name_or_path", "Wan2.1-Fun base model folder")
-    _require_dir(args.pretrained_wav2vec_path, "--pretrained_wav2vec_path", "wav2vec2 folder")
+    _require_path(args.pretrained_model_name_or_path, "--pretrained_model_name_or_path", "Wan2.1-Fun base model folder", folder=True)
+    _require_path(args.pretrained_wav2vec_path, "--pretrained_wav2vec_path", "wav2vec2 folder", folder=True)
     if args.transformer_path is not None and not Path(args.transformer_path).is_file():
         raise InferenceArgumentError(f"--transformer_path: StableAvatar weights not found: {args.transformer_path} ({CHECKPOINT_HELP})")
     if args.config_path is None:
         args.config_path = str(DEFAULT_CONFIG)
-    _require_file(args.config_path, "--config_path", "model config yaml (deepspeed_config/wan2.1/wan_civitai.yaml)")
-    image = _require_file(args.validation_reference_path, "--validation_reference_path", "reference image")
+    _require_path(args.config_path, "--config_path", "model config yaml (deepspeed_config/wan2.1/wan_civitai.yaml)")
+    image = _require_path(args.validation_reference_path, "--validation_reference_path", "reference image")
     try:
         from PIL import Image
 
@@ -142,7 +136,7 @@ def validate(args: argparse.Namespace, check_checkpoints: bool = True) -> None:
             image_size = img.size
     except Exception as err:
         raise InferenceArgumentError(f"--validation_reference_path: cannot read image {image}: {err}") from None
-    audio = _require_file(args.validation_driven_audio_path, "--validation_driven_audio_path", "driving audio")
+    audio = _require_path(args.validation_driven_audio_path, "--validation_driven_audio_path", "driving audio")
     import av  # PyAV: the same demuxer the mp4 writer uses
 
     try:
